@@ -1,0 +1,62 @@
+"""Shared test fixtures: one Spark session for the whole run, temporary lakes and configs.
+
+Spark start-up costs 10–20 s, so every test shares one ``local[2]`` session with few shuffle
+partitions and no UI. Tests on the real public datasets skip when ``../shared/data`` is absent.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("CRM_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+os.environ.setdefault("CRM_PII_KEY", "test-key-for-the-test-suite")
+os.environ.setdefault("PYSPARK_PYTHON", os.sys.executable)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long-running (real data or end-to-end); runs in make test too")
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from crm_mining.session import get_spark
+
+    session = get_spark({"master": "local[2]", "shuffle_partitions": 4, "driver_memory": "4g",
+                         "ui": False, "log_level": "ERROR"})
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def lake(spark, tmp_path):
+    """An empty lake in a temporary directory, with its own catalog database."""
+    from crm_mining.lake import Lake
+
+    database = f"crm_test_{abs(hash(str(tmp_path))) % 10**8}"
+    yield Lake(spark, root=str(tmp_path / "lake"), database=database)
+    spark.sql(f"DROP DATABASE IF EXISTS {database} CASCADE")
+
+
+@pytest.fixture
+def make_config(tmp_path):
+    """Build a Config with a temporary workdir, lake and MLflow store, plus overrides."""
+    from crm_mining.config import load_config
+
+    def build(*overrides: str, config_files=()):
+        base = [f"run.workdir={tmp_path}", f"lake.root={tmp_path / 'lake'}",
+                f"report.out={tmp_path / 'reports'}", f"demo.out={tmp_path / 'demo_data'}"]
+        return load_config(config_files=config_files, overrides=[*base, *overrides])
+
+    return build
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under the shared public datasets, skipping the test when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"public dataset not available: {path} (../shared/data is not beside the checkout)")
+    return path
