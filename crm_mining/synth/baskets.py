@@ -62,6 +62,14 @@ class ItemsetCounter:
             both = np.logical_and.reduce([member[:, position[i]] for i in itemset])
             self.itemset_counts[itemset] = self.itemset_counts.get(itemset, 0) + int(both.sum())
 
+    def merge(self, other: "ItemsetCounter") -> None:
+        """Add the counts of another chunk's counter."""
+        self.baskets += other.baskets
+        for item, count in other.item_counts.items():
+            self.item_counts[item] = self.item_counts.get(item, 0) + count
+        for itemset, count in other.itemset_counts.items():
+            self.itemset_counts[itemset] = self.itemset_counts.get(itemset, 0) + count
+
     def _count(self, items: tuple[int, ...]) -> int:
         if len(items) == 1:
             return self.item_counts.get(items[0], 0)

@@ -394,9 +394,14 @@ def customers_frame(block: CustomerBlock, purchases: Purchases, lines: Lines, fi
 
 
 def write_retail_chunk(handle: BinaryIO, rng: np.random.Generator, catalogue: Catalogue, customers: int,
-                       first_customer_index: int, first_invoice_number: int, lines_per_customer: float,
+                       first_customer_index: int, chunk_index: int, chunk_count: int, lines_per_customer: float,
                        linked_client: np.ndarray) -> RetailChunk:
-    """Generate one chunk of customers and write its retail lines (with header) to ``handle``."""
+    """Generate one chunk of customers and write its retail lines (with header) to ``handle``.
+
+    Invoice numbers interleave across chunks (``FIRST_INVOICE_NUMBER + rank * chunk_count +
+    chunk_index``, rank = time order within the chunk): unique, roughly increasing with time
+    over the whole data, and computable without knowing the other chunks.
+    """
     block = draw_customers(rng, customers)
     purchases = simulate_purchases(rng, block)
     invoices, clean = clean_purchases(rng, catalogue, block, purchases, lines_per_customer)
@@ -404,7 +409,8 @@ def write_retail_chunk(handle: BinaryIO, rng: np.random.Generator, catalogue: Ca
     all_invoices, all_lines = add_dirt(rng, catalogue, invoices, clean)
     rank = number_invoices(rng, all_invoices)
     ordered = all_lines.subset(line_order(rng, rank, all_lines))
-    invoice_text = render_invoices(all_invoices, first_invoice_number + rank, FIRST_CUSTOMER_ID + first_customer_index)
+    invoice_number = FIRST_INVOICE_NUMBER + rank * chunk_count + chunk_index
+    invoice_text = render_invoices(all_invoices, invoice_number, FIRST_CUSTOMER_ID + first_customer_index)
     product_fields = pa.array(catalogue.code_description_fields() + catalogue.non_product_fields(), pa.string())
     handle.write(RETAIL_HEADER.encode())
     for start in range(0, len(ordered), csvtext.WRITE_SLICE_ROWS):
