@@ -314,7 +314,7 @@ def _clients_frame(clients: dict, client_of_customer: np.ndarray) -> pd.DataFram
         "disp_type": clients["type"],
         "is_dormant": dormant_day < bank.BANK_DAYS,
         "dormant_since": _day_iso(dormant_day),
-        "CustomerID": customer_of_client.reindex(clients["client_id"]).astype("Int64").to_numpy(),
+        "CustomerID": customer_of_client.reindex(clients["client_id"]).astype("Int64").reset_index(drop=True),
     })
 
 
