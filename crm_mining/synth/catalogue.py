@@ -59,7 +59,7 @@ class Catalogue:
     rules: tuple[PlantedRule, ...]
     rule_items: np.ndarray            # product indices used by the planted rules
     noise_items: np.ndarray           # every other product index
-    noise_cumulative_weight: np.ndarray  # CDF over noise_items, for popularity draws
+    noise_slots: np.ndarray           # lookup table: noise product per equally likely slot
     rule_item_background_probability: float
 
     @property
@@ -74,15 +74,13 @@ class Catalogue:
         return [f"{csv_field(c)},{csv_field(d)}" for c, d in zip(NON_PRODUCT_CODES, NON_PRODUCT_DESCRIPTIONS)]
 
     def draw_noise(self, rng: np.random.Generator, count: int) -> np.ndarray:
-        """Noise products by popularity (independent draws)."""
-        picks = np.searchsorted(self.noise_cumulative_weight, rng.random(count), side="right")
-        return self.noise_items[np.minimum(picks, len(self.noise_items) - 1)]
+        """Noise products by popularity (independent draws, one table lookup each)."""
+        return self.noise_slots[rng.integers(0, len(self.noise_slots), count)]
 
     def most_popular_noise(self, count: int) -> np.ndarray:
-        """The noise products with the highest popularity, most popular first."""
-        weights = np.diff(np.concatenate([[0.0], self.noise_cumulative_weight]))
-        order = np.argsort(-weights, kind="stable")[:count]
-        return self.noise_items[order]
+        """The noise products with the most slots (highest popularity), most popular first."""
+        slots = np.bincount(self.noise_slots, minlength=self.size)
+        return np.argsort(-slots, kind="stable")[:count]
 
 
 def _stock_codes(rng: np.random.Generator, count: int) -> list[str]:
@@ -126,6 +124,18 @@ def _planted_rules(rule_items: np.ndarray) -> tuple[PlantedRule, ...]:
 
 
 RULE_ITEM_COUNT = 9
+POPULARITY_SLOTS = 1 << 18
+
+
+def _popularity_slots(weights: np.ndarray) -> np.ndarray:
+    """Slots per product in a draw table of POPULARITY_SLOTS entries: proportional to the
+    weights, at least one each (largest remainders get the leftover slots)."""
+    spare = POPULARITY_SLOTS - len(weights)
+    exact = weights / weights.sum() * spare
+    slots = 1 + np.floor(exact).astype(np.int64)
+    leftover = POPULARITY_SLOTS - slots.sum()
+    slots[np.argsort(-(exact - np.floor(exact)), kind="stable")[:leftover]] += 1
+    return slots
 
 
 def build_catalogue(rng: np.random.Generator, product_count: int = PRODUCT_COUNT) -> Catalogue:
@@ -139,7 +149,7 @@ def build_catalogue(rng: np.random.Generator, product_count: int = PRODUCT_COUNT
     # Heavy-tailed (Zipf-like) popularity over noise items, in a random order of products.
     rank = rng.permutation(len(noise_items))
     weights = 1.0 / (rank + 25.0) ** 1.1
-    cumulative = np.cumsum(weights) / weights.sum()
+    slots = _popularity_slots(weights)
     return Catalogue(
         stock_codes=tuple(codes),
         descriptions=tuple(descriptions),
@@ -147,6 +157,6 @@ def build_catalogue(rng: np.random.Generator, product_count: int = PRODUCT_COUNT
         rules=_planted_rules(rule_items),
         rule_items=rule_items,
         noise_items=noise_items,
-        noise_cumulative_weight=cumulative,
+        noise_slots=np.repeat(noise_items, slots).astype(np.int32),
         rule_item_background_probability=0.004,
     )

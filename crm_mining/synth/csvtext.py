@@ -67,13 +67,14 @@ def lines_bytes(lines: pa.Array) -> pa.Buffer:
     return lines.buffers()[2][start:stop]
 
 
-def write_lines(handle: BinaryIO, lines: pa.Array) -> None:
-    """Write lines that already end with their terminator."""
-    handle.write(memoryview(lines_bytes(lines)))
-
-
-def replace_rows(values: pa.Array, mask: np.ndarray, replacements: Sequence[str] | pa.Array) -> pa.Array:
-    """Replace the strings at the masked rows (a few malformed lines) by others, in order."""
-    if not mask.any():
-        return values
-    return pc.replace_with_mask(values, pa.array(mask), pa.array(replacements, type=pa.string()))
+def write_lines(handle: BinaryIO, lines: pa.Array, overrides: dict[int, str] | None = None) -> None:
+    """Write lines that already end with their terminator; ``overrides`` replace a few rows."""
+    if not overrides:
+        handle.write(memoryview(lines_bytes(lines)))
+        return
+    start = 0
+    for row in sorted(overrides):
+        handle.write(memoryview(lines_bytes(lines.slice(start, row - start))))
+        handle.write(overrides[row].encode())
+        start = row + 1
+    handle.write(memoryview(lines_bytes(lines.slice(start))))

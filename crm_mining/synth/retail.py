@@ -107,8 +107,9 @@ class RetailChunk:
 
 
 def _lines(invoice, product, quantity, price, kind) -> Lines:
-    return Lines(invoice.astype(np.int64), product.astype(np.int64), quantity.astype(np.int64),
-                 price.astype(np.int64), np.full(len(invoice), kind, dtype=np.int8))
+    # Narrow types: these arrays are reordered and sliced several times per chunk.
+    return Lines(invoice.astype(np.int64), product.astype(np.int32), quantity.astype(np.int32),
+                 price.astype(np.int32), np.full(len(invoice), kind, dtype=np.int8))
 
 
 def unique_sorted(keys: np.ndarray) -> np.ndarray:
@@ -250,7 +251,8 @@ def _one_line_per_invoice(rng, n_invoices: int, rate: float) -> np.ndarray:
     return np.nonzero(rng.random(n_invoices) < rate)[0]
 
 
-def _extra_lines(rng, catalogue: Catalogue, lines: Lines, invoice: np.ndarray, kind: int) -> Lines:
+def _extra_lines(rng, catalogue: Catalogue, invoice: np.ndarray, kind: int) -> Lines:
+    """One extra line of a noise product in each given invoice."""
     product = catalogue.draw_noise(rng, len(invoice))
     quantity = 1 + rng.integers(0, 12, len(invoice))
     price = np.zeros(len(invoice)) if kind == ZERO_PRICE else catalogue.price_cents[product]
@@ -270,7 +272,7 @@ def _malformed(rng, catalogue: Catalogue, lines: Lines, n_invoices: int) -> Line
     """A few lines per kind that a parser must reject; each in its own clean invoice."""
     per_kind = max(1, int(round(MALFORMED_LINE_RATE * len(lines))))
     invoice = rng.choice(n_invoices, size=min(n_invoices, per_kind * len(MALFORMED_KINDS)), replace=False)
-    parts = [_extra_lines(rng, catalogue, lines, invoice[k::len(MALFORMED_KINDS)], kind)
+    parts = [_extra_lines(rng, catalogue, invoice[k::len(MALFORMED_KINDS)], kind)
              for k, kind in enumerate(MALFORMED_KINDS)]
     return Lines.concat(parts)
 
@@ -282,7 +284,7 @@ def add_dirt(rng, catalogue: Catalogue, invoices: Invoices, lines: Lines) -> tup
     a_invoices, a_lines = _anonymous(rng, catalogue, n_clean, n_clean + len(c_invoices))
     extra = [
         _duplicates(rng, lines),
-        _extra_lines(rng, catalogue, lines, _one_line_per_invoice(rng, n_clean, ZERO_PRICE_INVOICE_RATE), ZERO_PRICE),
+        _extra_lines(rng, catalogue, _one_line_per_invoice(rng, n_clean, ZERO_PRICE_INVOICE_RATE), ZERO_PRICE),
         _non_product(rng, catalogue, n_clean),
         _malformed(rng, catalogue, lines, n_clean),
     ]
@@ -315,30 +317,36 @@ def render_invoices(invoices: Invoices, invoice_number: np.ndarray, first_custom
                        pc.binary_join_element_wise(customer_id, country, ","))
 
 
-def render_lines(product_fields: pa.Array, invoice_text: InvoiceText, lines: Lines) -> pa.Array:
-    """CSV text of the lines (in the given order), each ending with a newline."""
+def _malformed_text(kind: int, ordinal: int, fields: list[str]) -> str:
+    """One malformed line from the fields of a regular one (tail ends with the newline)."""
+    invoice_no, product, quantity, date, price, tail = fields
+    if kind == TOO_FEW_FIELDS:
+        return f"{invoice_no},{product},{quantity},{date}\n"
+    if kind == NON_NUMERIC_QUANTITY:
+        quantity = _BAD_QUANTITIES[ordinal % len(_BAD_QUANTITIES)]
+    else:   # keep the time of day, put an impossible calendar date in front of it
+        date = _IMPOSSIBLE_DATES[ordinal % len(_IMPOSSIBLE_DATES)] + date[10:]
+    return f"{invoice_no},{product},{quantity},{date},{price},{tail}"
+
+
+def render_lines(product_fields: pa.Array, price_fields: pa.Array, invoice_text: InvoiceText,
+                 lines: Lines, first_ordinal: int = 0) -> tuple[pa.Array, dict[int, str]]:
+    """CSV text of the lines (in the given order), each ending with a newline.
+
+    The few malformed lines come back separately, as replacements by row, so the bulk of
+    the text is rendered by whole-column operations only.
+    """
     inv = pa.array(lines.invoice)
-    quantity = csvtext.int_text(lines.quantity)
-    bad_quantity = lines.kind == NON_NUMERIC_QUANTITY
-    quantity = csvtext.replace_rows(quantity, bad_quantity, [_BAD_QUANTITIES[i % len(_BAD_QUANTITIES)]
-                                                             for i in range(int(bad_quantity.sum()))])
-    date_text = invoice_text.date.take(inv)
-    bad_date = lines.kind == IMPOSSIBLE_DATE
-    if bad_date.any():
-        # Keep the time of day, put an impossible calendar date in front of it.
-        bad_date_text = pc.binary_join_element_wise(
-            pa.array([_IMPOSSIBLE_DATES[i % len(_IMPOSSIBLE_DATES)] for i in range(int(bad_date.sum()))], pa.string()),
-            pc.utf8_slice_codeunits(date_text.filter(pa.array(bad_date)), 10), "")
-        date_text = csvtext.replace_rows(date_text, bad_date, bad_date_text)
-    head = [invoice_text.invoice_no.take(inv), product_fields.take(pa.array(lines.product)), quantity, date_text]
-    text = csvtext.join_fields(head + [csvtext.cents_text(lines.price_cents), invoice_text.tail.take(inv)], ",")
-    short = lines.kind == TOO_FEW_FIELDS
-    if short.any():
-        mask = pa.array(short)
-        truncated = pc.binary_join_element_wise(csvtext.join_fields([h.filter(mask) for h in head], ","),
-                                                pa.scalar("\n"), "")
-        text = csvtext.replace_rows(text, short, truncated)
-    return text
+    price_index = np.where(lines.kind == ZERO_PRICE, len(price_fields) - 1, lines.product)
+    columns = [invoice_text.invoice_no.take(inv), product_fields.take(pa.array(lines.product)),
+               csvtext.int_text(lines.quantity), invoice_text.date.take(inv),
+               price_fields.take(pa.array(price_index)), invoice_text.tail.take(inv)]
+    text = csvtext.join_fields(columns, ",")
+    malformed = np.nonzero(lines.kind >= TOO_FEW_FIELDS)[0]
+    rows = [column.take(pa.array(malformed)).to_pylist() for column in columns]
+    overrides = {int(row): _malformed_text(int(lines.kind[row]), first_ordinal + k, [c[k] for c in rows])
+                 for k, row in enumerate(malformed)}
+    return text, overrides
 
 
 def number_invoices(rng, invoices: Invoices) -> np.ndarray:
@@ -412,10 +420,15 @@ def write_retail_chunk(handle: BinaryIO, rng: np.random.Generator, catalogue: Ca
     invoice_number = FIRST_INVOICE_NUMBER + rank * chunk_count + chunk_index
     invoice_text = render_invoices(all_invoices, invoice_number, FIRST_CUSTOMER_ID + first_customer_index)
     product_fields = pa.array(catalogue.code_description_fields() + catalogue.non_product_fields(), pa.string())
+    # Unit price is a function of the product (zero-price dirt uses the extra last entry).
+    price_fields = csvtext.cents_text(np.concatenate([catalogue.price_cents, NON_PRODUCT_PRICE_CENTS, [0]]))
     handle.write(RETAIL_HEADER.encode())
+    malformed_so_far = 0
     for start in range(0, len(ordered), csvtext.WRITE_SLICE_ROWS):
         part = ordered.subset(slice(start, start + csvtext.WRITE_SLICE_ROWS))
-        csvtext.write_lines(handle, render_lines(product_fields, invoice_text, part))
+        text, overrides = render_lines(product_fields, price_fields, invoice_text, part, malformed_so_far)
+        csvtext.write_lines(handle, text, overrides)
+        malformed_so_far += len(overrides)
     return RetailChunk(customers=frame, clean_basket_of_line=clean.invoice, clean_product_of_line=clean.product,
                        clean_baskets=len(invoices), invoices_numbered=len(all_invoices),
                        rows_written=len(ordered), dirt=_dirt_counts(all_lines, all_invoices, catalogue))
