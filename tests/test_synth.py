@@ -228,6 +228,12 @@ def test_customer_truth_matches_retail(out, retail, truth):
     assert customers["segment"].value_counts().to_dict() == {k: v["customers"] for k, v in truth["segments"].items()}
 
 
+def test_default_size_is_about_100_clean_lines_per_customer(truth):
+    per_customer = truth["counts"]["clean_lines"] / truth["counts"]["retail_customers"]
+    assert 85 <= per_customer <= 115
+    assert truth["counts"]["retail_lines"] > truth["counts"]["clean_lines"]
+
+
 def test_churners_stop_buying_and_fade_first(out, retail):
     customers = pd.read_csv(out / "truth" / "customers.csv", dtype={"CustomerID": str})
     clean = clean_lines(retail)

@@ -171,7 +171,7 @@ def district_rows(rng: np.random.Generator) -> tuple[list[str], np.ndarray]:
         a15 = UNKNOWN_DISTRICT_VALUE if k == unknown else str(crimes95)
         name, region = DISTRICTS[k]
         fields = [str(k + 1), csvtext.quoted(name), csvtext.quoted(region), str(inhabitants[k]),
-                  str(small), str(medium), str(large), str(0 if k == 0 else 1), str(cities),
+                  str(small), str(medium), str(large), str(1 if k == 0 else rng.integers(0, 4)), str(cities),
                   f"{urban[k]:.1f}", str(salary[k]), a12, f"{u96:.2f}", str(entrepreneurs), a15, str(crimes96)]
         rows.append(";".join(fields) + EOL)
     weight = inhabitants.astype(float) ** 0.9
@@ -342,8 +342,8 @@ def _round_to(cents: np.ndarray, step_cents: int) -> np.ndarray:
     return np.maximum(step_cents, np.round(cents / step_cents).astype(np.int64) * step_cents)
 
 
-def monthly_events(rng, block: AccountBlock, orders: Orders) -> tuple[Events, np.ndarray, np.ndarray]:
-    """Every transaction except interest and penalties; also the month rows (account, month)."""
+def monthly_events(rng, block: AccountBlock, orders: Orders) -> Events:
+    """Every transaction except interest and penalties, month by month from the opening."""
     n = len(block.account_id)
     first_month = _month_index(block.open_day)
     months = LAST_MONTH - first_month + 1
@@ -407,7 +407,7 @@ def monthly_events(rng, block: AccountBlock, orders: Orders) -> tuple[Events, np
     events = Events.concat(parts)
     # Dormant accounts: nothing the client initiates from dormant_since on.
     keep = ~(_CLIENT_INITIATED[events.kind] & (events.day >= block.dormant_day[events.account]))
-    return events.subset(keep), row_account, end
+    return events.subset(keep)
 
 
 def book(rng, events: Events) -> tuple[Events, np.ndarray]:
@@ -546,7 +546,7 @@ def bank_chunk(rng, first_account_id: int, disponent: np.ndarray, first_client_i
     employer_partners = partner_text(rng, n)
     orders = draw_orders(rng, block, first_partner=n)
     order_partners = partner_text(rng, len(orders.account))
-    events, _, _ = monthly_events(rng, block, orders)
+    events = monthly_events(rng, block, orders)
     booked, balance = book(rng, events)
     events = Events.concat([events, interest_and_penalties(rng, block, booked, balance)])
     booked, balance = book(rng, events)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,7 @@ from . import bank, csvtext
 from .baskets import ItemsetCounter
 from .catalogue import NON_PRODUCT_CODES, build_catalogue
 from .customers import RETAIL_LAST_DAY, RETAIL_START, SEGMENTS
-from .retail import (DEFAULT_LINES_PER_CUSTOMER, FIRST_CUSTOMER_ID, RETAIL_HEADER, MALFORMED_KINDS,
-                     write_retail_chunk)
+from .retail import DEFAULT_LINES_PER_CUSTOMER, FIRST_CUSTOMER_ID, write_retail_chunk
 
 NOISE_PAIR_PRODUCTS = 5              # the most popular noise products; all their pairs are reported
 BANK_CHUNK_ACCOUNTS = 10_000
