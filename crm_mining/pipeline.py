@@ -208,22 +208,29 @@ def run_pipeline(
     lake = Lake(spark, root=config.get_path("lake.root"), database=config.get_path("lake.database"))
     lake.register_all()
     chosen = resolve_steps(steps, config)
-    run_id, done = _new_run_id(), []
+    run_id, done, resumed = _new_run_id(), [], False
     if resume:
         previous = unfinished_run(lake)
         if previous is None:
             log.info("resume: no unfinished run found; starting a new run")
         else:
             run_id, as_of, done = previous
+            resumed = True
             if as_of and not config.get_path("run.as_of"):
                 config["run"]["as_of"] = as_of
             log.info("resume: run %s, skipping finished steps %s", run_id, done)
     ctx = StepContext(spark=spark, config=config, lake=lake, run_id=run_id)
     tracking.setup(config)
     tags = {"crm.run_id": run_id, "crm.config_hash": config.hash}
-    with tracking.run(f"pipeline {run_id}", tags=tags, run_id=_parent_mlflow_id(run_id)) as parent:
-        tracking.log_params({"steps": ",".join(chosen), "config_hash": config.hash,
-                             "run_id": run_id, "lake_root": lake.root})
+    parent_id = _parent_mlflow_id(run_id) if resumed else None
+    with tracking.run(f"pipeline {run_id}", tags=tags, run_id=parent_id) as parent:
+        if parent_id is None:
+            tracking.log_params({"steps": ",".join(chosen), "config_hash": config.hash,
+                                 "run_id": run_id, "lake_root": lake.root})
+        else:  # params are immutable in MLflow; a resumed run notes its settings as tags
+            import mlflow
+
+            mlflow.set_tags({"crm.resumed_config_hash": config.hash, "crm.resumed_steps": ",".join(chosen)})
         for step in chosen:
             if step in done:
                 log.info("[%s] already succeeded in run %s, skipped", step, run_id)
