@@ -1,0 +1,1 @@
+"""Benchmarks of crm-mining and its single-machine peers (`make bench`)."""

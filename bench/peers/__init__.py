@@ -1,0 +1,1 @@
+"""Single-machine peers: the same CRM workload written with pandas, DuckDB or Polars."""

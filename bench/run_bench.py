@@ -1,0 +1,328 @@
+"""Benchmark suite: crm-mining's pipeline at several scales, with single-machine peers beside it.
+
+For each scale (retail lines) the generator writes the data once (cached under
+``bench/work``); then crm-mining runs the chosen steps in a fresh JVM through its own CLI,
+and each peer runs the same workload in its own process. A sampler records the peak resident
+memory of each process tree (the Python driver and the JVM apart). Per-step times and row
+counts come from ``ops_pipeline_runs``; shuffle volume per step from the Spark event log
+(jobs carry the step in their description). Results go to ``bench/results/results.csv`` and
+``results.md`` with the machine, versions and settings.
+
+    python -m bench.run_bench --scales 1000000,10000000 --repeat 3
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+WORK = HERE / "work"
+RESULTS = HERE / "results"
+LINES_PER_CUSTOMER = 100  # the generator's default mean; customers = lines / this
+
+FIELDS = ["system", "scale_lines", "step", "repeat", "wall_s", "rows_in", "rows_per_s", "mb_per_s",
+          "input_mb", "peak_driver_mb", "peak_python_mb", "peak_executor_mb", "shuffle_mb", "status", "note"]
+
+
+class PeakSampler(threading.Thread):
+    """Samples the resident memory of a process tree: JVM and Python apart, peak kept."""
+
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.interval = pid, interval
+        self.peak_jvm = self.peak_python = self.peak_total = 0.0
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                root = psutil.Process(self.pid)
+                procs = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                return
+            jvm = python = 0.0
+            for proc in procs:
+                try:
+                    rss = proc.memory_info().rss / 2**20
+                    name = proc.name()
+                except psutil.Error:
+                    continue
+                if "java" in name:
+                    jvm += rss
+                else:
+                    python += rss
+            self.peak_jvm = max(self.peak_jvm, jvm)
+            self.peak_python = max(self.peak_python, python)
+            self.peak_total = max(self.peak_total, jvm + python)
+            self._stop.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(timeout=5)
+
+
+def run_measured(cmd: list[str], *, timeout: float, env: dict | None = None, log: Path) -> dict:
+    """Run a command with its memory sampled; status ok, timeout, oom or error."""
+    start = time.monotonic()
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        sampler = PeakSampler(proc.pid)
+        sampler.start()
+        try:
+            code = proc.wait(timeout=timeout)
+            status = "ok" if code == 0 else "error"
+        except subprocess.TimeoutExpired:
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                child.kill()
+            proc.kill()
+            proc.wait()
+            code, status = -9, "timeout"
+        finally:
+            sampler.stop()
+    tail = log.read_text(errors="replace")[-4000:]
+    if status == "error" and ("MemoryError" in tail or "OutOfMemoryError" in tail or code == -9):
+        status = "oom"
+    return {"wall_s": time.monotonic() - start, "status": status, "peak_jvm_mb": sampler.peak_jvm,
+            "peak_python_mb": sampler.peak_python, "peak_total_mb": sampler.peak_total, "log_tail": tail}
+
+
+def dir_mb(path: Path) -> float:
+    if path.is_file():
+        return path.stat().st_size / 2**20
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
+
+
+def ensure_data(scale: int, seed: int) -> Path:
+    """Generated data for a scale, written once and reused."""
+    out = WORK / f"data_{scale}"
+    if (out / "truth" / "truth.json").is_file():
+        return out
+    if out.exists():
+        shutil.rmtree(out)
+    customers = max(100, scale // LINES_PER_CUSTOMER)
+    print(f"generating {scale:,} retail lines ({customers:,} customers) into {out}", flush=True)
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-m", "crm_mining.synth", "--customers", str(customers),
+                    "--seed", str(seed), "--out", str(out)], check=True, cwd=REPO)
+    print(f"  generated in {time.monotonic() - started:.0f} s", flush=True)
+    return out
+
+
+def bench_config(data: Path, scale: int, run_dir: Path) -> Path:
+    """The YAML settings of a benchmark run: real-data mode on the generated files."""
+    events = run_dir / "events"
+    events.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "run": {"demo": False, "workdir": str(run_dir)},
+        "lake": {"root": str(run_dir / "lake")},
+        "report": {"out": str(run_dir / "reports")},
+        "spark": {"driver_memory": "16g", "shuffle_partitions": 8 if scale <= 2_000_000 else 32,
+                  "conf": {"spark.eventLog.enabled": "true", "spark.eventLog.dir": events.as_uri()}},
+        "sources": {
+            "online_retail": {"enabled": True, "path": str(data / "retail")},
+            "berka": {"enabled": True, "path": str(data / "berka")},
+            "customer_link": {"enabled": True, "path": str(data / "link")},
+        },
+    }
+    path = run_dir / "bench.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def shuffle_by_step(events_dir: Path) -> dict[str, float]:
+    """Shuffle bytes written per step (MB), read from the Spark event log."""
+    job_step: dict[int, str] = {}
+    stage_step: dict[int, str] = {}
+    totals: dict[str, float] = {}
+    for log in events_dir.glob("*"):
+        with log.open(errors="replace") as fh:
+            for line in fh:
+                if '"Event":"SparkListenerJobStart"' in line:
+                    event = json.loads(line)
+                    desc = (event.get("Properties") or {}).get("spark.job.description") or ""
+                    step = desc.replace("crm-mining ", "") if desc.startswith("crm-mining ") else "other"
+                    job_step[event["Job ID"]] = step
+                    for stage in event.get("Stage IDs", []):
+                        stage_step[stage] = step
+                elif '"Event":"SparkListenerTaskEnd"' in line:
+                    event = json.loads(line)
+                    metrics = (event.get("Task Metrics") or {}).get("Shuffle Write Metrics") or {}
+                    step = stage_step.get(event.get("Stage ID"), "other")
+                    totals[step] = totals.get(step, 0.0) + metrics.get("Shuffle Bytes Written", 0) / 2**20
+    return totals
+
+
+def ops_rows(lake_root: Path) -> list[dict]:
+    """The step records of the run, read without Spark."""
+    from deltalake import DeltaTable
+
+    table = DeltaTable(str(lake_root / "ops_pipeline_runs")).to_pandas()
+    return table.sort_values("started_at").to_dict("records")
+
+
+def bench_crm_mining(scale: int, data: Path, steps: list[str], repeat: int, timeout: float) -> list[dict]:
+    rows = []
+    input_mb = dir_mb(data / "retail") + dir_mb(data / "berka") + dir_mb(data / "link")
+    for rep in range(repeat):
+        run_dir = WORK / f"run_{scale}_{rep}"
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        config = bench_config(data, scale, run_dir)
+        env = {**os.environ, "CRM_PII_KEY": "benchmark-key"}
+        cmd = [sys.executable, "-m", "crm_mining.cli", "run", "--config", str(config),
+               "--steps", ",".join(steps)]
+        print(f"crm-mining {scale:,} lines, repeat {rep + 1}/{repeat}: {' '.join(steps)}", flush=True)
+        result = run_measured(cmd, timeout=timeout, env=env, log=run_dir / "run.log")
+        shuffle = shuffle_by_step(run_dir / "events")
+        per_step = ops_rows(run_dir / "lake") if (run_dir / "lake" / "ops_pipeline_runs").exists() else []
+        for rec in per_step:
+            rows_in = int(rec.get("rows_in") or 0)
+            dur = float(rec.get("duration_s") or 0.0)
+            rows.append({"system": "crm-mining", "scale_lines": scale, "step": rec["step"], "repeat": rep,
+                         "wall_s": round(dur, 2), "rows_in": rows_in,
+                         "rows_per_s": round(rows_in / dur) if dur else "",
+                         "mb_per_s": round(input_mb / dur, 1) if rec["step"] == "ingest" and dur else "",
+                         "input_mb": round(input_mb, 1), "peak_driver_mb": "", "peak_python_mb": "",
+                         "peak_executor_mb": "", "shuffle_mb": round(shuffle.get(rec["step"], 0.0), 1),
+                         "status": "ok" if rec["status"] == "succeeded" else "error", "note": ""})
+        ingest_refine = sum(float(r["wall_s"]) for r in rows[-len(per_step):] if r["step"] in ("ingest", "refine")) \
+            if per_step else 0.0
+        rows.append({"system": "crm-mining", "scale_lines": scale, "step": "all", "repeat": rep,
+                     "wall_s": round(result["wall_s"], 2), "rows_in": scale,
+                     "rows_per_s": round(scale / result["wall_s"]),
+                     "mb_per_s": round(input_mb / ingest_refine, 1) if ingest_refine else "",
+                     "input_mb": round(input_mb, 1), "peak_driver_mb": round(result["peak_jvm_mb"]),
+                     "peak_python_mb": round(result["peak_python_mb"]),
+                     "peak_executor_mb": round(result["peak_jvm_mb"]),
+                     "shuffle_mb": round(sum(shuffle.values()), 1), "status": result["status"],
+                     "note": "wall includes JVM start-up; mb_per_s = raw input / (ingest + refine); "
+                             "local mode: executors run in the driver JVM"})
+        if result["status"] != "ok":
+            print(result["log_tail"][-2000:], flush=True)
+    return rows
+
+
+def bench_peer(name: str, scale: int, data: Path, repeat: int, timeout: float) -> list[dict]:
+    rows = []
+    input_mb = dir_mb(data / "retail")
+    for rep in range(repeat):
+        log = WORK / f"peer_{name}_{scale}_{rep}.log"
+        cmd = [sys.executable, "-m", f"bench.peers.{name}", "--data", str(data)]
+        print(f"peer {name} {scale:,} lines, repeat {rep + 1}/{repeat}", flush=True)
+        result = run_measured(cmd, timeout=timeout, log=log)
+        steps = {}
+        for line in result["log_tail"].splitlines():
+            if line.startswith("STEP "):
+                _, step, seconds = line.split()
+                steps[step] = float(seconds)
+        for step, seconds in steps.items():
+            rows.append({"system": name, "scale_lines": scale, "step": step, "repeat": rep,
+                         "wall_s": round(seconds, 2), "rows_in": scale,
+                         "rows_per_s": round(scale / seconds) if seconds else "", "mb_per_s": "",
+                         "input_mb": round(input_mb, 1), "peak_driver_mb": "", "peak_python_mb": "",
+                         "peak_executor_mb": "", "shuffle_mb": "", "status": "ok", "note": ""})
+        rows.append({"system": name, "scale_lines": scale, "step": "all", "repeat": rep,
+                     "wall_s": round(result["wall_s"], 2), "rows_in": scale,
+                     "rows_per_s": round(scale / result["wall_s"]), "mb_per_s": "",
+                     "input_mb": round(input_mb, 1), "peak_driver_mb": round(result["peak_total_mb"]),
+                     "peak_python_mb": round(result["peak_python_mb"]), "peak_executor_mb": "",
+                     "shuffle_mb": "", "status": result["status"], "note": "single process"})
+    return rows
+
+
+def medians(rows: list[dict]) -> list[dict]:
+    """One row per (system, scale, step): the median of the repeats' wall times."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["system"], row["scale_lines"], row["step"]), []).append(row)
+    out = []
+    for (system, scale, step), items in groups.items():
+        ok = [r for r in items if r["status"] == "ok"] or items
+        wall = statistics.median(float(r["wall_s"]) for r in ok)
+        best = min(ok, key=lambda r: abs(float(r["wall_s"]) - wall))
+        out.append({**best, "wall_s": round(wall, 2), "repeat": f"median of {len(ok)}"})
+    return out
+
+
+def environment() -> dict:
+    import pyspark
+
+    try:
+        java = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr.splitlines()[0]
+    except OSError:
+        java = "not found"
+    return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()}, {psutil.cpu_count()} cores, "
+                       f"{psutil.virtual_memory().total / 2**30:.0f} GiB",
+            "python": platform.python_version(), "pyspark": pyspark.__version__, "java": java}
+
+
+def write_results(rows: list[dict], env: dict, args: argparse.Namespace) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    summary = sorted(medians(rows), key=lambda r: (r["scale_lines"], r["system"], r["step"]))
+    with (RESULTS / "results.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(summary)
+    lines = ["# Benchmark results", "",
+             f"Measured {env['date']} on {env['machine']}; Python {env['python']}, "
+             f"PySpark {env['pyspark']}, {env['java']}.",
+             f"Command: `python -m bench.run_bench {' '.join(sys.argv[1:])}`", "",
+             "| system | lines | step | wall s | rows/s | MB/s | peak driver MB | shuffle MB | status | ratio to crm-mining |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    crm = {(r["scale_lines"], r["step"]): float(r["wall_s"]) for r in summary if r["system"] == "crm-mining"}
+    for r in summary:
+        ratio = ""
+        if r["system"] != "crm-mining" and (r["scale_lines"], r["step"]) in crm and float(r["wall_s"]):
+            ratio = f"{crm[(r['scale_lines'], r['step'])] / float(r['wall_s']):.2f}x"
+        lines.append(f"| {r['system']} | {r['scale_lines']:,} | {r['step']} | {r['wall_s']} | {r['rows_per_s']} | "
+                     f"{r['mb_per_s']} | {r['peak_driver_mb']} | {r['shuffle_mb']} | {r['status']} | {ratio} |")
+    (RESULTS / "results.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "environment.json").write_text(json.dumps({**env, "args": vars(args)}, indent=2))
+    print("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scales", default="1000000,10000000,50000000",
+                        help="comma-separated retail line counts")
+    parser.add_argument("--steps", default="ingest,refine,customer360,value,segment,basket,churn")
+    parser.add_argument("--peers", default="pandas_peer,duckdb_peer,polars_peer",
+                        help="comma-separated peer modules under bench/peers ('' for none)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per measurement (median reported)")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds before a run counts as timeout")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args(argv)
+    WORK.mkdir(parents=True, exist_ok=True)
+    steps = [s for s in args.steps.split(",") if s]
+    peers = [p for p in args.peers.split(",") if p]
+    rows: list[dict] = []
+    env = environment()
+    for scale in (int(float(s)) for s in args.scales.split(",")):
+        data = ensure_data(scale, args.seed)
+        rows += bench_crm_mining(scale, data, steps, args.repeat, args.timeout)
+        for peer in peers:
+            rows += bench_peer(peer, scale, data, args.repeat, args.timeout)
+        write_results(rows, env, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
