@@ -126,20 +126,22 @@ def fit_and_evaluate(data: DataFrame, *, features: Sequence[str], settings: trai
             "oot_models": models}
 
 
-def p_alive_baseline(spark: SparkSession, lines: DataFrame, test: DataFrame, *, cutoff: dt.date) -> dict | None:
-    """Out-of-time metrics of 1 - P(alive) from the CLV step's BG/NBD scoring, when it exists."""
+def p_alive_baseline(lines: DataFrame, test: DataFrame, *, cutoff: dt.date,
+                     clv_settings: Mapping[str, Any] | None = None) -> dict[str, float] | None:
+    """Out-of-time ROC-AUC / PR-AUC of ``1 - P(alive)`` from the CLV step's BG/NBD at the cutoff.
+
+    The BG/NBD model is fitted by :func:`crm_mining.value.fit_clv` on the same purchases before
+    the test cutoff and scored with :func:`crm_mining.value.clv.p_alive_col`; ``None`` (with a
+    log line) when that module is not installed.
+    """
     try:
-        from .. import value
-    except ImportError:
-        log.info("[churn] crm_mining.value is not installed: P(alive) baseline skipped")
+        from ..value import clv, fit_clv
+    except ImportError as exc:
+        log.info("[churn] P(alive) baseline skipped: the CLV step is not available (%s)", exc)
         return None
-    scorer = getattr(value, "p_alive_at", None)
-    if scorer is None:
-        log.info("[churn] crm_mining.value has no p_alive_at(): P(alive) baseline skipped")
-        return None
-    alive = scorer(spark, lines, as_of=cutoff)
-    scored = test.join(alive.select("customer_key", "p_alive"), "customer_key", "inner").withColumn(
-        train.PROBABILITY_COL, 1.0 - F.col("p_alive"))
+    summary, bg, _ = fit_clv(lines, as_of=cutoff, settings=dict(clv_settings or {}))
+    alive = summary.select("customer_key", clv.p_alive_col(bg).alias("p_alive"))
+    scored = test.join(alive, "customer_key", "inner").withColumn(train.PROBABILITY_COL, 1.0 - F.col("p_alive"))
     return ev.ranking_metrics(scored)
 
 
@@ -214,7 +216,8 @@ def _train_domain(ctx: StepContext, domain: Domain, lines: DataFrame | None, cfg
         _log_evaluation(domain.name, algorithm, evaluation)
     if lines is not None:
         _, test_rows = train.out_of_time_split(data, test_cutoff=cutoffs[-1])
-        baseline = p_alive_baseline(ctx.spark, lines, test_rows, cutoff=cutoffs[-1])
+        clv_settings = (ctx.config.get_path("value") or {}).get("clv") or {}
+        baseline = p_alive_baseline(lines, test_rows, cutoff=cutoffs[-1], clv_settings=clv_settings)
         if baseline:
             tracking.log_metrics({f"{domain.name}.p_alive.oot_{k}": v for k, v in baseline.items()})
     data.unpersist()
@@ -258,13 +261,14 @@ def _score_domain(ctx: StepContext, domain: Domain, cfg: Mapping[str, Any]) -> D
 def run(ctx: StepContext) -> StepResult:
     """The churn step: train (and register) and/or score per domain, per ``churn.mode``."""
     cfg = _settings(ctx)
-    mode, result, scored = cfg["mode"], StepResult(), []
-    for name in cfg["domains"]:
-        domain, lines = _load_domain(ctx, name, cfg, result)
-        if domain is None:
-            log.info("[churn] %s: silver tables absent, domain skipped", name)
-            continue
-        try:
+    mode, result, scored, loaded = cfg["mode"], StepResult(), [], []
+    try:
+        for name in cfg["domains"]:
+            domain, lines = _load_domain(ctx, name, cfg, result)
+            if domain is None:
+                log.info("[churn] %s: silver tables absent, domain skipped", name)
+                continue
+            loaded.append(domain)
             if mode in ("train", "both"):
                 trained = _train_domain(ctx, domain, lines, cfg)
                 result.rows_in += trained["rows"]
@@ -274,14 +278,20 @@ def run(ctx: StepContext) -> StepResult:
                 rows = _score_domain(ctx, domain, cfg)
                 if rows is not None:
                     scored.append(rows)
-        finally:
+        if scored:
+            _write_scores(ctx, scored, result)
+    finally:
+        for domain in loaded:
             domain.release()
-    if scored:
-        out = scored[0]
-        for more in scored[1:]:
-            out = out.unionByName(more)
-        version = ctx.lake.replace_partition(ctx.stamp(out), OUTPUT_TABLE, as_of_date=ctx.as_of)
-        result.outputs[OUTPUT_TABLE] = version
-        result.rows_out = ctx.lake.read(OUTPUT_TABLE, version=version).filter(
-            F.col("as_of_date") == F.lit(ctx.as_of)).count()
     return result
+
+
+def _write_scores(ctx: StepContext, scored: list[DataFrame], result: StepResult) -> None:
+    """Replace the as-of partition of gold_churn_scores with every scored domain at once."""
+    out = scored[0]
+    for more in scored[1:]:
+        out = out.unionByName(more)
+    version = ctx.lake.replace_partition(ctx.stamp(out), OUTPUT_TABLE, as_of_date=ctx.as_of)
+    result.outputs[OUTPUT_TABLE] = version
+    result.rows_out = ctx.lake.read(OUTPUT_TABLE, version=version).filter(
+        F.col("as_of_date") == F.lit(ctx.as_of)).count()

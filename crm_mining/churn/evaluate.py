@@ -32,10 +32,14 @@ def ranking_metrics(scored: DataFrame, *, label_col: str = LABEL_COL,
 
 
 def decile_column(probability: Column, boundaries: list[float]) -> Column:
-    """Decile 1 (riskiest tenth) … 10 from the descending score quantile boundaries."""
+    """Decile 1 (riskiest tenth) … 10 from the descending score quantile boundaries.
+
+    A score equal to a boundary (the quantile is one of the scores) belongs to the lower-risk
+    side, so the riskiest decile holds the scores strictly above the 90th percentile.
+    """
     decile = F.lit(1)
     for edge in boundaries:
-        decile = decile + F.when(probability < F.lit(edge), 1).otherwise(0)
+        decile = decile + F.when(probability <= F.lit(edge), 1).otherwise(0)
     return decile
 
 

@@ -120,6 +120,8 @@ def tune(data: DataFrame, *, algorithm: str, features: Sequence[str], settings: 
         raise ValueError(f"the training data has no '{WEIGHT_COL}' column: add it with with_class_weights")
     build = lr_pipeline if algorithm == "lr" else gbt_pipeline
     pipeline, grid = build(features, settings)
+    if len(grid) == 1:  # nothing to choose: skip the validation fits
+        return pipeline.fit(data, grid[0])
     evaluator = BinaryClassificationEvaluator(labelCol=LABEL_COL, rawPredictionCol="rawPrediction",
                                               metricName=METRIC_NAMES[settings.selection_metric])
     search = TrainValidationSplit(estimator=pipeline, estimatorParamMaps=grid, evaluator=evaluator,
