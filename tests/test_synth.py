@@ -276,6 +276,29 @@ def test_segments_differ_in_behaviour(out, retail):
     assert median.loc["lapsed", "last"] < median.drop("lapsed")["last"].min()
 
 
+def test_segments_are_recoverable_by_clustering_rfm(tmp_path):
+    """On the demo size (2,000 customers), k-means on log-standardised R, F, M finds the segments."""
+    cluster = pytest.importorskip("sklearn.cluster")
+    metrics = pytest.importorskip("sklearn.metrics")
+    generate(tmp_path, customers=2000, seed=42, bank_share=0.0, link_share=0.0, workers=1)
+    rows = pd.read_csv(tmp_path / "retail" / "part-00000.csv", dtype=str, keep_default_na=False,
+                       on_bad_lines="skip")
+    rows["qty"] = pd.to_numeric(rows["Quantity"], errors="coerce")
+    rows["ts"] = pd.to_datetime(rows["InvoiceDate"], format="%Y-%m-%d %H:%M:%S", errors="coerce")
+    rows["price"] = pd.to_numeric(rows["UnitPrice"], errors="coerce")
+    clean = clean_lines(rows[rows["qty"].notna() & rows["ts"].notna() & rows["price"].notna()]).assign(amount=lambda d: d["qty"] * d["price"])
+    as_of = clean["ts"].max() + pd.Timedelta(days=1)
+    by_customer = clean.groupby("CustomerID")
+    rfm = pd.DataFrame({"recency": (as_of - by_customer["ts"].max()).dt.days,
+                        "frequency": by_customer["InvoiceNo"].nunique(),
+                        "monetary": by_customer["amount"].sum()})
+    features = np.log1p(rfm)
+    features = (features - features.mean()) / features.std()
+    labels = cluster.KMeans(5, n_init=10, random_state=0).fit_predict(features)
+    customers = pd.read_csv(tmp_path / "truth" / "customers.csv", dtype={"CustomerID": str}).set_index("CustomerID")
+    assert metrics.adjusted_rand_score(customers.loc[rfm.index, "segment"], labels) >= 0.8
+
+
 # --------------------------------------------------------------------------- bank format
 
 def test_berka_files_have_real_headers_and_crlf(out):

@@ -49,11 +49,11 @@ class Segment:
 
 SEGMENTS: tuple[Segment, ...] = (
     Segment("champion", "frequent, recent, high-value buyers", 0.18, (0, 30), 45.0, 25.0,
-            0.002, 1.0, (2, 3, 4, 6, 8, 12), 0.08, (250, 340)),
+            0.001, 1.0, (2, 3, 4, 6, 8, 12), 0.03, (250, 340)),
     Segment("occasional", "rare, low-spend buyers with small baskets", 0.28, (0, 150), 6.0, 10.0,
             0.01, 0.45, (1, 1, 2, 2, 3), 0.0, (0, 0)),
     Segment("wholesaler", "big baskets of bulk quantities, regular", 0.12, (0, 45), 10.0, 20.0,
-            0.004, 2.5, (12, 24, 36, 48), 0.08, (250, 340)),
+            0.002, 2.5, (12, 24, 36, 48), 0.03, (250, 340)),
     Segment("new", "first purchase in the last seven weeks, sizeable first orders", 0.20,
             (WINDOW_DAYS - 50, WINDOW_DAYS - 3), 8.0, 10.0, 0.01, 1.5, (12, 24, 24, 36), 0.0, (0, 0)),
     Segment("lapsed", "bought regularly early on, then faded and stopped", 0.22, (0, 45), 20.0, 10.0,
