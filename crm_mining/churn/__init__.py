@@ -225,7 +225,11 @@ def _train_domain(ctx: StepContext, domain: Domain, lines: DataFrame | None, cfg
     score_value = out["evaluations"][out["chosen"]]["metrics"][metric]
     name = registry.model_name(prefix=ctx.config.get_path("tracking.registry_prefix"), domain=domain.name)
     with mlflow.start_run(run_name=f"churn-{domain.name}-{out['chosen']}", nested=True):
-        info = mlflow.spark.log_model(out["model"], name="model")
+        import pyspark
+
+        # explicit requirements: inferring them starts a subprocess that imports the model
+        info = mlflow.spark.log_model(out["model"], name="model",
+                                      pip_requirements=[f"pyspark=={pyspark.__version__}"])
         mlflow.log_text(json.dumps({"features": list(domain.feature_names), "weights": out["reasons"],
                                     "algorithm": out["chosen"]}, indent=2), score.REASONS_ARTIFACT)
         tracking.log_params({"algorithm": out["chosen"], "domain": domain.name, "as_of": ctx.as_of.isoformat()})
