@@ -131,7 +131,8 @@ def _prepare_dirs(out: Path) -> dict[str, Path]:
 
 def _worker_count(tasks: int, workers: int | None) -> int:
     if workers is None:
-        workers = min(2, os.cpu_count() or 1)
+        # Starting worker processes costs more than it saves for one retail and one bank chunk.
+        workers = 1 if tasks <= 2 else min(2, os.cpu_count() or 1)
     return max(1, min(workers, tasks))
 
 
@@ -175,7 +176,9 @@ def generate(out_dir, *, customers: int = 2000, seed: int = 42, lines_per_custom
         Customers per retail chunk: one ``retail/part-NNNNN.csv`` per chunk, and the unit
         of memory use (about 1 GB per 50,000 customers at 100 lines each).
     workers : int, optional
-        Worker processes for the chunks (default: up to 2). Does not change the output.
+        Worker processes for the chunks (default: 1 for one retail and one bank chunk,
+        else up to 2). Does not change the output. Workers are spawned, so a script that calls
+        ``generate`` at import time must do so under ``if __name__ == "__main__":``.
 
     Returns
     -------
