@@ -22,7 +22,11 @@ from crm_mining.schemas import BRONZE_LINEAGE, SILVER_CUSTOMER_LINK
 from crm_mining.sources import bronze_column
 
 REQUIRED_COLUMNS = ("retail_customer_id", "bank_client_id")
-_ORDER = [F.col("_source_file").asc_nulls_last(), F.col("_line_number").asc_nulls_last(), F.col("_batch_id")]
+
+
+def _order() -> list:
+    """Row order that decides which of two rows came first: file, line, batch."""
+    return [F.col("_source_file").asc_nulls_last(), F.col("_line_number").asc_nulls_last(), F.col("_batch_id")]
 
 
 def classify_links(bronze: DataFrame, *, columns: Mapping[str, str]) -> DataFrame:
@@ -44,10 +48,10 @@ def classify_links(bronze: DataFrame, *, columns: Mapping[str, str]) -> DataFram
         F.col("__retail_id").isNotNull() & F.col("__bank_id").isNotNull()
     conflict = F.lit(False)
     for side, other in (("__retail_id", "__bank_id"), ("__bank_id", "__retail_id")):
-        window = Window.partitionBy(usable, F.col(side)).orderBy(*_ORDER).rowsBetween(
+        window = Window.partitionBy(usable, F.col(side)).orderBy(*_order()).rowsBetween(
             Window.unboundedPreceding, Window.currentRow)
         conflict = conflict | (usable & (F.first(F.col(other)).over(window) != F.col(other)))
-    same_pair = Window.partitionBy(usable, F.col("__retail_id"), F.col("__bank_id")).orderBy(*_ORDER)
+    same_pair = Window.partitionBy(usable, F.col("__retail_id"), F.col("__bank_id")).orderBy(*_order())
     repeated = usable & (F.row_number().over(same_pair) > 1)
     rules = [
         malformed_line_reason(),
