@@ -177,6 +177,8 @@ def silhouette(predictions: DataFrame, *, sizes: Sequence[int], sample_rows: int
     clusters are not left out of the score; the rest is sampled uniformly.
     """
     total = int(sum(sizes))
+    if sum(1 for n in sizes if n > 0) < 2:
+        return float("nan")  # a degenerate fit (one non-empty cluster) has no silhouette
     data = predictions
     if sample_rows and total > sample_rows:
         base, floor = sample_rows / total, sample_rows / (2.0 * len(sizes))
@@ -245,8 +247,9 @@ def choose_k(candidates: Sequence[Candidate], *, rule: str = "silhouette") -> Ca
         y = (cost[0] - cost) / span if span > 0 else np.zeros_like(cost)
         gap = y - x  # distance above the chord, up to a constant factor
         return ordered[int(np.argmax(gap))]
-    best = max(c.silhouette for c in ordered)
-    return next(c for c in ordered if c.silhouette >= best - 1e-12)
+    scored = [c for c in ordered if np.isfinite(c.silhouette)] or ordered
+    best = max(c.silhouette for c in scored)
+    return next(c for c in scored if not c.silhouette < best - 1e-12)
 
 
 def jaccard_best_match(crosstab: np.ndarray) -> np.ndarray:
