@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 from functools import reduce
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
@@ -213,6 +213,15 @@ def _checked_settings(table: str, settings: Mapping) -> dict[str, str]:
     return columns
 
 
+def _checked_bronze(bronze: DataFrame, *, table: str, settings: Mapping) -> dict[str, str]:
+    """The table's column mapping, once every mapped column is known to be in the bronze table."""
+    columns = _checked_settings(table, settings)
+    absent = sorted({c for c in columns.values() if c not in bronze.columns})
+    if absent:
+        raise ValueError(f"bronze table berka/{table} has no column(s) {absent}; it has {bronze.columns}")
+    return columns
+
+
 def typed_fields(bronze: DataFrame, *, table: str, settings: Mapping) -> DataFrame:
     """Add ``__<field>`` (typed value) and ``__reason`` (first field rule broken) to a bronze table.
 
@@ -220,20 +229,17 @@ def typed_fields(bronze: DataFrame, *, table: str, settings: Mapping) -> DataFra
     --------
     >>> typed = typed_fields(bronze["trans"], table="trans", settings=cfg.section("sources.berka"))
     """
-    columns = _checked_settings(table, settings)
-    absent = sorted({c for c in columns.values() if c not in bronze.columns})
-    if absent:
-        raise ValueError(f"bronze table berka/{table} has no column(s) {absent}; it has {bronze.columns}")
+    columns = _checked_bronze(bronze, table=table, settings=settings)
     rules, blank = settings["refine"], (settings["tables"][table].get("blank") or {})
     markers = list(rules.get("missing_markers") or [])
-    df, checks = _with_lineage(bronze), []
+    values, checks = {}, []
     for field in FIELDS[table]:
         raw = F.col(columns[field.name])
         text = clean_text(raw, missing_markers=markers)
         value = _typed(field, text, table=table, settings=settings)
         if field.name in blank:
             value = F.when(text.isNull(), F.lit(str(blank[field.name]))).otherwise(value)
-        df = df.withColumn(_PREFIX + field.name, value)
+        values[_PREFIX + field.name] = value
         typed = F.col(_PREFIX + field.name)
         bad = "unknown_code" if field.kind == "code" else "invalid_value"
         if field.required:
@@ -241,11 +247,15 @@ def typed_fields(bronze: DataFrame, *, table: str, settings: Mapping) -> DataFra
         checks.append((typed.isNull() & text.isNotNull(), reason(bad, columns[field.name], raw)))
         if field.nonnegative:
             checks.append((typed < 0, reason("invalid_value", columns[field.name], raw)))
-    return df.withColumn("__reason", first_reason(checks))
+    # One projection for all fields (a withColumn per field makes the plan slow to analyse).
+    return _with_lineage(bronze).withColumns(values).withColumn("__reason", first_reason(checks))
 
 
 def _with_lineage(bronze: DataFrame) -> DataFrame:
-    """The bronze rows with every lineage column present (null strings where the reader had none)."""
+    """The bronze rows with every lineage column present (null strings where the reader had none).
+
+    ``_line_number`` and ``_ingested_at`` may be strings or typed (long, timestamp): both work.
+    """
     for name in BRONZE_LINEAGE:
         if name not in bronze.columns:
             bronze = bronze.withColumn(name, F.lit(None).cast("string"))
@@ -301,7 +311,7 @@ def validate(bronze: DataFrame, *, table: str, settings: Mapping,
         ref_checks.append((F.col(found).isNull(), reason(kind, columns[field], F.col(columns[field]))))
     key_col = F.col(_PREFIX + key)
     checks = [(F.col("_corrupt_record").isNotNull(),
-               F.concat(F.lit("malformed_line: line "), F.coalesce(F.col("_line_number"), F.lit("?")))),
+               F.concat(F.lit("malformed_line: line "), F.coalesce(F.col("_line_number").cast("string"), F.lit("?")))),
               (key_col.isNull() & F.col("__reason").isNotNull(), F.col("__reason")),
               (F.col("__dup").isNotNull(), reason_with_key(F.col("__dup"), columns[key], F.col(columns[key]))),
               (F.col("__reason").isNotNull(), F.col("__reason")), *ref_checks]
@@ -445,7 +455,8 @@ def _keys(ok: DataFrame, field: str, *payload: tuple[str, str]) -> DataFrame:
                      *[F.col(_PREFIX + src).alias(dst) for src, dst in payload])
 
 
-def refine_bank(bronze: Mapping[str, DataFrame], *, key: bytes, settings: Mapping) -> dict[str, DataFrame]:
+def refine_bank(bronze: Mapping[str, DataFrame], *, key: bytes, settings: Mapping,
+                cache: Callable[[DataFrame], DataFrame] | None = None) -> dict[str, DataFrame]:
     """Refine the eight Berka bronze tables into the silver bank tables and their quarantines.
 
     Parameters
@@ -455,6 +466,10 @@ def refine_bank(bronze: Mapping[str, DataFrame], *, key: bytes, settings: Mappin
         header plus lineage columns).
     key : the pseudonymisation key (:func:`crm_mining.pii.resolve_key`).
     settings : the berka source definition (``config.section("sources.berka")``).
+    cache : optional; applied to each table's checked rows (typed fields and ``_reason``),
+        each of which feeds several outputs (accepted rows, quarantine, child tables). Pass a
+        function that persists the frame and remembers it, and unpersist after the writes;
+        without it every output recomputes the checks it depends on.
 
     Returns
     -------
@@ -475,19 +490,24 @@ def refine_bank(bronze: Mapping[str, DataFrame], *, key: bytes, settings: Mappin
         raise ValueError(f"refine_bank needs the bronze tables {missing} (got {sorted(bronze)})")
     if not isinstance(key, (bytes, bytearray)) or not key:
         raise TypeError("key must be non-empty bytes (crm_mining.pii.resolve_key)")
+    for table in TABLES:  # every problem named before any plan is built
+        _checked_bronze(bronze[table], table=table, settings=settings)
+    if cache is not None and not callable(cache):
+        raise TypeError("cache must be a function DataFrame -> DataFrame (e.g. one that persists it)")
+    keep = cache or (lambda df: df)
     checked: dict[str, DataFrame] = {}
 
     def check(table: str, *refs: tuple[str, DataFrame, str]) -> DataFrame:
-        checked[table] = validate(bronze[table], table=table, settings=settings, references=refs)
+        checked[table] = keep(validate(bronze[table], table=table, settings=settings, references=refs))
         return accepted(checked[table])
 
     district_ok = check("district")
     district_keys = F.broadcast(_keys(district_ok, "district_id"))
     client_ok = check("client", ("district_id", district_keys, "unknown_district"))
     account_ok = check("account", ("district_id", district_keys, "unknown_district"))
-    checked["disp"] = extra_owners(validate(bronze["disp"], table="disp", settings=settings, references=[
+    checked["disp"] = keep(extra_owners(validate(bronze["disp"], table="disp", settings=settings, references=[
         ("client_id", _keys(client_ok, "client_id"), "unknown_client"),
-        ("account_id", _keys(account_ok, "account_id"), "unknown_account")]), settings=settings)
+        ("account_id", _keys(account_ok, "account_id"), "unknown_account")]), settings=settings))
     disp_ok = accepted(checked["disp"])
     owners = account_owners(disp_ok)
     owned = accounts_with_owner(account_ok, owners)
