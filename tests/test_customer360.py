@@ -10,8 +10,8 @@ from crm_mining import schemas
 from crm_mining.customer360 import customer_360, join_domains, one_to_one_links, retail_features
 
 AS_OF = dt.date(2011, 3, 1)
-SETTINGS = {"spend_windows_days": [30, 90], "transaction_categories": ["household", "statement"],
-            "fee_categories": ["statement"], "penalty_categories": ["penalty_interest"],
+SETTINGS = {"spend_windows_days": [30, 90], "transaction_categories": ["household", "statement_fee"],
+            "fee_categories": ["statement_fee"], "penalty_categories": ["penalty_interest"],
             "card_rank": ["gold", "classic", "junior"], "order_categories": ["household", "insurance"]}
 
 
@@ -55,7 +55,7 @@ def bank(spark):
     tx = spark.createDataFrame([
         ("t1", "a1", "b1", ts("2011-01-05"), "credit", 1000.0, 1000.0, "credit_in_cash", None),
         ("t2", "a1", "b1", ts("2011-01-20"), "debit", 200.0, 800.0, "withdrawal", "household"),
-        ("t3", "a1", "b1", ts("2011-01-31", 23), "debit", 10.0, 790.0, "withdrawal", "Statement"),
+        ("t3", "a1", "b1", ts("2011-01-31", 23), "debit", 10.0, 790.0, "withdrawal", "Statement_Fee"),
         ("t4", "a2", "b1", ts("2011-02-01"), "credit", 100.0, 100.0, "credit_in_cash", None),
         ("t5", "a3", "b2", ts("2011-02-01"), "debit", 5.0, -5.0, "withdrawal", "penalty_interest"),
         ("t6", "a3", "b2", ts("2011-03-02"), "credit", 500.0, 495.0, "credit_in_cash", None),
@@ -90,7 +90,7 @@ def test_bank_features_by_hand(spark, bank):
     months = 1 + 27 / 31
     assert b1["monthly_credit"] == pytest.approx(1100 / months, rel=1e-3)
     assert b1["monthly_debit"] == pytest.approx(210 / months, rel=1e-3)
-    assert b1["txn_count_household"] == 1 and b1["txn_count_statement"] == 1
+    assert b1["txn_count_household"] == 1 and b1["txn_count_statement_fee"] == 1
     assert b1["fees"] == pytest.approx(10.0) and b2["penalty_interest"] == pytest.approx(5.0)
     assert b1["loan_amount"] == pytest.approx(5000.0) and b1["loan_status"] == "running_ok"
     assert b1["order_amount_household"] == pytest.approx(300.0) and b1["order_amount_insurance"] == pytest.approx(50.0)
@@ -136,6 +136,6 @@ def test_customer360_step_writes_gold(spark, make_config, lines, bank):
         gold = lake.read("gold_customer_360")
         assert gold.count() == 4
         assert gold.filter(F.col("as_of_date") == F.lit(AS_OF)).select("run_id").distinct().count() == 1
-        assert {"tenure_days", "avg_balance", "spend_last_365d", "txn_count_statement"} <= set(gold.columns)
+        assert {"tenure_days", "avg_balance", "spend_last_365d", "txn_count_statement_fee"} <= set(gold.columns)
     finally:
         spark.sql("DROP DATABASE IF EXISTS crm_c360_step CASCADE")

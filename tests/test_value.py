@@ -135,18 +135,21 @@ def test_lifecycle_and_relationship_rules(spark):
 # -- real and generated data ----------------------------------------------------------------------
 def silver_from_uci_csv(spark, path) -> DataFrame:
     """A documented minimal cleaning of the UCI Online Retail CSV format into silver_retail_lines
-    (used until the project's refine is on main): rows with a CustomerID, a parseable date and a
-    positive unit price; invoices starting with C or with negative quantity are returns;
-    amount = quantity × unit price; exact duplicate rows dropped."""
+    (used until the project's retail refine is on main): rows with a CustomerID, a parseable
+    date, a positive unit price and a non-zero integer quantity (unparseable values dropped);
+    invoices starting with A dropped; invoices starting with C or a negative quantity are
+    returns; amount = quantity × unit price; exact duplicate rows dropped."""
     raw = spark.read.option("header", True).csv(str(path)).dropDuplicates()
-    when = F.coalesce(F.to_timestamp("InvoiceDate", "yyyy-MM-dd HH:mm:ss"), F.to_timestamp("InvoiceDate", "M/d/yyyy H:mm"))
-    qty, price = F.col("Quantity").cast("long"), F.col("UnitPrice").cast("double")
+    when = F.coalesce(F.try_to_timestamp("InvoiceDate", F.lit("yyyy-MM-dd HH:mm:ss")),
+                      F.try_to_timestamp("InvoiceDate", F.lit("M/d/yyyy H:mm")))
+    qty, price = F.col("Quantity").try_cast("long"), F.col("UnitPrice").try_cast("double")
     rows = raw.select(F.col("InvoiceNo").alias("invoice_id"),
                       F.regexp_replace(F.col("CustomerID"), r"\.0$", "").alias("customer_key"), when.alias("ts"),
                       F.col("StockCode").alias("product_id"), qty.alias("quantity"), price.alias("unit_price"),
                       (qty * price).alias("amount"), ((qty < 0) | F.col("InvoiceNo").startswith("C")).alias("is_return"),
                       F.col("Country").alias("country"), F.lit("test").alias("_batch_id"))
     return rows.filter(F.col("customer_key").isNotNull() & F.col("ts").isNotNull() & (F.col("unit_price") > 0)
+                       & F.col("quantity").isNotNull() & (F.col("quantity") != 0)
                        & ~F.col("invoice_id").startswith("A"))
 
 

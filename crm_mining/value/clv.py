@@ -274,13 +274,15 @@ def holdout_comparison(calibration: DataFrame, holdout_days: DataFrame, params: 
 
 
 def holdout_summary(comparison: DataFrame) -> tuple[float, "object"]:
-    """MAE per customer (computed in Spark) and the per-bucket means (a small pandas frame)."""
-    mae = comparison.agg(F.avg(F.abs(F.col("predicted") - F.col("actual")))).first()[0]
+    """MAE per customer and the per-bucket means, from one Spark aggregation (small result)."""
     buckets = (comparison.groupBy("bucket").agg(F.count(F.lit(1)).alias("customers"),
                                                 F.avg("predicted").alias("predicted"),
-                                                F.avg("actual").alias("actual"))
+                                                F.avg("actual").alias("actual"),
+                                                F.sum(F.abs(F.col("predicted") - F.col("actual"))).alias("abs_error"))
                .orderBy("bucket").toPandas())
-    return (float(mae) if mae is not None else math.nan), buckets
+    customers = float(buckets["customers"].sum())
+    mae = float(buckets["abs_error"].sum()) / customers if customers else math.nan
+    return mae, buckets.drop(columns=["abs_error"])
 
 
 def holdout_figure(buckets, *, bucket_cap: int):
