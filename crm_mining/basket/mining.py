@@ -152,7 +152,7 @@ def _refuse(message: str, plan: dict) -> None:
     )
 
 
-def plan_mining(baskets: DataFrame, *, min_support: float, max_basket_items: int = 100,
+def plan_mining(baskets: DataFrame, *, min_support: float, max_basket_items: int = 1000,
                 max_patterns: int = 1_000_000, max_pair_occurrences: float = 2e8,
                 basket_col: str = "basket_id", items_col: str = "items") -> MiningPlan:
     """Count, prune and bound before mining; raise :class:`PatternExplosionError` when hopeless.

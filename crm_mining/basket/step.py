@@ -42,7 +42,7 @@ GOLD_RECOMMENDATION_SCHEMA = T.StructType([
     T.StructField("domain", T.StringType(), False)])
 
 
-def mine_rules(baskets: DataFrame, *, min_support: float, min_confidence: float, max_basket_items: int = 100,
+def mine_rules(baskets: DataFrame, *, min_support: float, min_confidence: float, max_basket_items: int = 1000,
                max_patterns: int = 1_000_000, max_pair_occurrences: float = 2e8,
                redundancy_margin: float | None = 0.0, alpha: float | None = 0.05,
                num_partitions: int | None = None) -> tuple[DataFrame, MiningPlan]:
@@ -97,11 +97,11 @@ def _empty(spark: SparkSession, schema: T.StructType) -> DataFrame:
 
 
 def retail_rules(section: Mapping[str, Any], lines: DataFrame, products: DataFrame | None, *,
-                 as_of: dt.date, start: dt.date | None = None) -> tuple[list[DataFrame], dict[str, float]]:
+                 as_of: dt.date, start: dt.date | None = None) -> tuple[dict[str, DataFrame], dict[str, float]]:
     """Mine the retail rules of each configured level from lines in [start, as_of)."""
     sales = retail_lines_before(lines, as_of=as_of, start=start, exclude_items=section["exclude_items"],
                                 include_anonymous=bool(section["include_anonymous"]))
-    out, metrics = [], {}
+    out, metrics = {}, {}
     for level in section["levels"]:
         if level == "category" and not _has_categories(products):
             log.info("basket: no product categories known, category-level rules skipped")
@@ -112,7 +112,7 @@ def retail_rules(section: Mapping[str, Any], lines: DataFrame, products: DataFra
         rules = rules.withColumn("domain", F.lit("retail")).withColumn("level", F.lit(level)).cache()
         metrics.update(_log_plan(f"retail.{level}", plan, time.monotonic() - clock))
         metrics[f"retail.{level}.rules"] = rules.count()
-        out.append(rules)
+        out[level] = rules
     return out, metrics
 
 
@@ -178,11 +178,10 @@ def run(ctx: StepContext) -> StepResult:
         result.inputs.update(lake.versions(["silver_retail_lines", "silver_products"]))
         retail, metrics = retail_rules(section, lines, products, as_of=as_of)
         result.metrics.update(metrics)
-        rules_out += retail
-        product_rules = [r for r, level in zip(retail, section["levels"]) if level == "product"]
-        if product_rules:
+        rules_out += list(retail.values())
+        if "product" in retail:
             sales = retail_lines_before(lines, as_of=as_of, exclude_items=section["exclude_items"])
-            recs_out.append(recommend(customer_items(sales), product_rules[0], top_n=int(section["top_n"]),
+            recs_out.append(recommend(customer_items(sales), retail["product"], top_n=int(section["top_n"]),
                                       score_col=section["score"]).withColumn("domain", F.lit("retail")))
         if section["evaluation"]["enabled"]:
             result.metrics.update(_evaluate(ctx, section, lines))
