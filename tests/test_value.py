@@ -108,6 +108,15 @@ def test_ahp_weights_and_consistency():
         score.ahp_weights([[1, 2], [2, 1]])
 
 
+def test_inconsistent_ahp_matrix_stops_the_value_step_before_spark_work():
+    from crm_mining.value import customer_value
+
+    bad = {"score": {"indicators": ["r_score", "f_score", "m_score"],
+                     "pairwise": [[1, 9, 1 / 9], [1 / 9, 1, 9], [9, 1 / 9, 1]]}}
+    with pytest.raises(ValueError, match=r"consistency ratio CR = \d+\.\d+"):
+        customer_value(None, None, as_of=AS_OF, settings=bad)
+
+
 def test_customer_score_is_weighted_minmax(spark):
     df = spark.createDataFrame([("a", 1.0, 10.0), ("b", 3.0, 30.0), ("c", 2.0, None)], "customer_key string, u double, v double")
     got = {r[0]: r[1] for r in score.customer_score(df, indicators=["u", "v"], weights=[0.75, 0.25])

@@ -118,6 +118,11 @@ def customer_value(lines: DataFrame, c360: DataFrame | None, *, as_of: dt.date,
     """
     if not isinstance(as_of, dt.date):
         raise TypeError("as_of must be a datetime.date")
+    # Settings errors first, before any Spark work: the AHP matrix and the segment map.
+    score_cfg = settings.get("score", {})
+    weights, cr = score.ahp_weights(score_cfg.get("pairwise") or DEFAULT_PAIRWISE,
+                                    max_cr=float(score_cfg.get("max_consistency_ratio", 0.1)))
+    rfm.check_segment_map(settings.get("rfm", {}).get("segments") or DEFAULT_SEGMENTS)
     retail, info = retail_value(lines, as_of=as_of, settings=settings)
     retail = retail.withColumnRenamed("customer_key", "retail_customer_key")
     if c360 is None:
@@ -152,9 +157,6 @@ def customer_value(lines: DataFrame, c360: DataFrame | None, *, as_of: dt.date,
     info.update(tier_info)
     info["pareto"] = abc.pareto_metrics(ranked, top_share=float(abc_cfg.get("top_share", 0.2)))
     info["lorenz"] = abc.lorenz_points(ranked, points=int(abc_cfg.get("curve_points", 100)))
-    score_cfg = settings.get("score", {})
-    weights, cr = score.ahp_weights(score_cfg.get("pairwise") or DEFAULT_PAIRWISE,
-                                    max_cr=float(score_cfg.get("max_consistency_ratio", 0.1)))
     info["ahp_weights"], info["ahp_cr"] = weights.tolist(), cr
     scored = score.customer_score(ranked, indicators=score_cfg.get("indicators") or DEFAULT_INDICATORS,
                                   weights=weights)
