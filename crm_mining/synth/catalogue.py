@@ -3,8 +3,11 @@
 Products look like the UCI Online Retail ones: five-digit stock codes, some with a letter
 suffix (``85123A``), upper-case gift-shop descriptions (a few with commas or a ``"`` so
 that CSV quoting is exercised) and unit prices in pounds. A handful of products carry the
-planted rules; every other product is a noise item drawn from a heavy-tailed popularity
-distribution, independently of everything else in the basket.
+planted rules; every other product is a noise item, independent of everything else in
+the basket. A few noise items are bestsellers: each goes into any clean basket with its
+own fixed probability whatever the basket's size, so pairs of bestsellers have a lift of
+about 1 (the truth's noise pairs). The long tail of noise items (heavy-tailed popularity)
+fills each basket up to its size.
 """
 from __future__ import annotations
 
@@ -60,6 +63,9 @@ class Catalogue:
     rule_items: np.ndarray            # product indices used by the planted rules
     noise_items: np.ndarray           # every other product index
     noise_slots: np.ndarray           # lookup table: noise product per equally likely slot
+    tail_slots: np.ndarray            # the same without the bestsellers
+    bestsellers: np.ndarray           # most popular noise products, most popular first
+    bestseller_probability: np.ndarray  # chance that a clean basket holds each bestseller
     rule_item_background_probability: float
 
     @property
@@ -77,10 +83,13 @@ class Catalogue:
         """Noise products by popularity (independent draws, one table lookup each)."""
         return self.noise_slots[rng.integers(0, len(self.noise_slots), count)]
 
+    def draw_tail(self, rng: np.random.Generator, count: int) -> np.ndarray:
+        """Noise products other than the bestsellers, by popularity."""
+        return self.tail_slots[rng.integers(0, len(self.tail_slots), count)]
+
     def most_popular_noise(self, count: int) -> np.ndarray:
-        """The noise products with the most slots (highest popularity), most popular first."""
-        slots = np.bincount(self.noise_slots, minlength=self.size)
-        return np.argsort(-slots, kind="stable")[:count]
+        """The first ``count`` bestsellers."""
+        return self.bestsellers[:count]
 
 
 def _stock_codes(rng: np.random.Generator, count: int) -> list[str]:
@@ -124,6 +133,8 @@ def _planted_rules(rule_items: np.ndarray) -> tuple[PlantedRule, ...]:
 
 
 RULE_ITEM_COUNT = 9
+BESTSELLER_COUNT = 20
+BESTSELLER_TOP_PROBABILITY = 0.15
 POPULARITY_SLOTS = 1 << 18
 
 
@@ -150,6 +161,9 @@ def build_catalogue(rng: np.random.Generator, product_count: int = PRODUCT_COUNT
     rank = rng.permutation(len(noise_items))
     weights = 1.0 / (rank + 25.0) ** 1.1
     slots = _popularity_slots(weights)
+    bestseller_rank = np.arange(BESTSELLER_COUNT)
+    bestsellers = noise_items[np.argsort(rank)[:BESTSELLER_COUNT]]
+    tail = rank >= BESTSELLER_COUNT
     return Catalogue(
         stock_codes=tuple(codes),
         descriptions=tuple(descriptions),
@@ -158,5 +172,8 @@ def build_catalogue(rng: np.random.Generator, product_count: int = PRODUCT_COUNT
         rule_items=rule_items,
         noise_items=noise_items,
         noise_slots=np.repeat(noise_items, slots).astype(np.int32),
+        tail_slots=np.repeat(noise_items[tail], _popularity_slots(weights[tail])).astype(np.int32),
+        bestsellers=bestsellers,
+        bestseller_probability=BESTSELLER_TOP_PROBABILITY / (bestseller_rank + 1.0) ** 0.4,
         rule_item_background_probability=0.004,
     )

@@ -160,16 +160,23 @@ def _invoice_seconds(rng, day: np.ndarray) -> np.ndarray:
     return np.floor(day).astype(np.int64) * _DAY_SECONDS + minute * 60
 
 
-def _expected_rule_items(catalogue: Catalogue) -> float:
+def _expected_fixed_items(catalogue: Catalogue) -> float:
+    """Expected items per basket that do not scale with its size: rule items and bestsellers."""
     per_rule = sum(r.trigger_probability * (len(r.antecedent) + r.consequent_probability) for r in catalogue.rules)
-    return per_rule + catalogue.rule_item_background_probability * len(catalogue.rule_items)
+    background = catalogue.rule_item_background_probability * len(catalogue.rule_items)
+    return per_rule + background + float(catalogue.bestseller_probability.sum())
 
 
 def _basket_products(rng, catalogue: Catalogue, basket_size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Products of each basket: noise draws, rule bundles, background rule items; deduplicated."""
+    """Products of each basket: long-tail noise draws, bestsellers, rule bundles, background
+    rule items; deduplicated."""
     n = len(basket_size)
     baskets = [np.repeat(np.arange(n), basket_size)]
-    products = [catalogue.draw_noise(rng, int(basket_size.sum()))]
+    products = [catalogue.draw_tail(rng, int(basket_size.sum()))]
+    for item, probability in zip(catalogue.bestsellers, catalogue.bestseller_probability):
+        hit = np.nonzero(rng.random(n) < probability)[0]
+        baskets.append(hit)
+        products.append(np.full(len(hit), item))
     for rule in catalogue.rules:
         triggered = np.nonzero(rng.random(n) < rule.trigger_probability)[0]
         for item in rule.antecedent:
@@ -182,6 +189,13 @@ def _basket_products(rng, catalogue: Catalogue, basket_size: np.ndarray) -> tupl
         hit = np.nonzero(rng.random(n) < catalogue.rule_item_background_probability)[0]
         baskets.append(hit)
         products.append(np.full(len(hit), item))
+    # An invoice has at least one line: give the baskets that drew nothing one tail item.
+    covered = np.zeros(n, dtype=bool)
+    for basket in baskets:
+        covered[basket] = True
+    empty = np.nonzero(~covered)[0]
+    baskets.append(empty)
+    products.append(catalogue.draw_tail(rng, len(empty)))
     key = unique_sorted(np.concatenate(baskets).astype(np.int64) * catalogue.size + np.concatenate(products))
     return key // catalogue.size, key % catalogue.size
 
@@ -193,10 +207,8 @@ def clean_purchases(rng, catalogue: Catalogue, block: CustomerBlock, purchases: 
     customer = purchases.customer
     weight = np.array([s.basket_weight for s in SEGMENTS])[block.segment[customer]] * block.basket_factor[customer]
     # Scale basket sizes so that the chunk has about lines_per_customer lines per customer.
-    noise_lines_wanted = max(lines_per_customer * block.size - _expected_rule_items(catalogue) * n_invoices,
-                             float(n_invoices))
-    mean_size = weight * noise_lines_wanted / weight.sum()
-    basket_size = 1 + rng.poisson(np.maximum(mean_size - 1.0, 0.0))
+    tail_lines_wanted = max(lines_per_customer * block.size - _expected_fixed_items(catalogue) * n_invoices, 0.0)
+    basket_size = rng.poisson(weight * tail_lines_wanted / weight.sum())
     basket, product = _basket_products(rng, catalogue, basket_size)
     line_customer = customer[basket]
     quantity = _quantities(rng, block.segment[line_customer], block.spend_multiplier[line_customer])
