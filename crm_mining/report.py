@@ -63,10 +63,11 @@ def latest_partition(df: DataFrame, *, date_col: str = "as_of_date", run_col: st
         if col not in df.columns:
             raise ValueError(f"latest_partition: column '{col}' not in {df.columns}")
     chosen = df.filter(F.col(date_col) == F.lit(as_of)) if as_of else df
-    last = chosen.agg(F.max(date_col).alias("d")).first()["d"]
-    rows = chosen.filter(F.col(date_col) == F.lit(last))
-    last_run = rows.agg(F.max(run_col).alias("r")).first()["r"]
-    return rows.filter(F.col(run_col) == F.lit(last_run))
+    # One small aggregate finds both: the greatest (date, run id) pair.
+    last = chosen.agg(F.max(F.struct(F.col(date_col).alias("d"), F.col(run_col).alias("r"))).alias("m")).first()["m"]
+    if last is None:
+        return chosen.limit(0)
+    return chosen.filter((F.col(date_col) == F.lit(last["d"])) & (F.col(run_col) == F.lit(last["r"])))
 
 
 def with_global_rank(df: DataFrame, *, value_col: str, keep: Sequence[str] = (),
@@ -111,7 +112,8 @@ def lorenz_points(df: DataFrame, *, value_col: str = "monetary", points: int = 2
                   partitions: int = 8) -> DataFrame:
     """The Pareto (concentration) curve: share of value held by the top share of customers.
 
-    Customers are sorted by value, largest first; negative values (net returns) count as 0.
+    Customers are sorted by value, largest first; negative values (net returns) count as 0 and
+    customers without a value are left out.
     About ``points`` evenly spaced rows are kept, always including the last (1, 1).
     Columns: ``customer_share``, ``value_share``.
 
@@ -121,7 +123,9 @@ def lorenz_points(df: DataFrame, *, value_col: str = "monetary", points: int = 2
     """
     if not isinstance(points, int) or points < 2:
         raise ValueError(f"points must be an int >= 2, got {points!r}")
-    clipped = df.select(F.greatest(F.col(value_col).cast("double"), F.lit(0.0)).alias(value_col))
+    # Customers without a value (e.g. bank-only customers have no monetary) are not on the curve.
+    clipped = df.filter(F.col(value_col).isNotNull()).select(
+        F.greatest(F.col(value_col).cast("double"), F.lit(0.0)).alias(value_col))
     ranked = with_global_rank(clipped, value_col=value_col, partitions=partitions)
     step = F.floor(F.col("rank") * points / F.col("n_total"))
     previous = F.floor((F.col("rank") - 1) * points / F.col("n_total"))
@@ -212,8 +216,8 @@ def quarantine_from_table(df: DataFrame, *, source: str, reason_col: str = "_rea
     """Rows of one ``quarantine_<source>`` table by reason. Columns: ``source``, ``reason``, ``rows``."""
     if reason_col not in df.columns:
         raise ValueError(f"quarantine table of '{source}' has no '{reason_col}' column")
-    return df.groupBy(F.lit(source).alias("source"), F.col(reason_col).alias("reason")).agg(
-        F.count(F.lit(1)).alias("rows"))
+    kind = F.split(F.col(reason_col), ":", 2).getItem(0)  # "bad_price: -1.0" counts as bad_price
+    return df.groupBy(F.lit(source).alias("source"), kind.alias("reason")).agg(F.count(F.lit(1)).alias("rows"))
 
 
 def latest_step_runs(ops: DataFrame, *, exclude: Sequence[str] = ("report",)) -> DataFrame:
@@ -242,6 +246,33 @@ def probability_histogram(df: DataFrame, *, score_col: str = "churn_probability"
     return (df.filter(F.col(score_col).isNotNull()).groupBy(bucket.alias("_b"))
             .agg(F.count(F.lit(1)).alias("customers"))
             .select((F.col("_b") / bins).alias("bin_start"), "customers").orderBy("bin_start"))
+
+
+def churn_evaluation_gains(mlflow_run_id: str, *, tracking_uri: str | None = None) -> dict[str, dict[str, Any]]:
+    """The out-of-time gains tables of a churn step run, by domain and algorithm (pandas, ten rows each).
+
+    Reads the ``churn/<domain>/<algorithm>_gains.csv`` artifacts the churn step logs.
+    """
+    import tempfile
+
+    import mlflow
+    import mlflow.artifacts
+    import pandas as pd
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    found: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for folder in client.list_artifacts(mlflow_run_id, "churn"):
+            if not folder.is_dir:
+                continue
+            domain = folder.path.split("/")[-1]
+            for item in client.list_artifacts(mlflow_run_id, folder.path):
+                if item.path.endswith("_gains.csv"):
+                    local = mlflow.artifacts.download_artifacts(run_id=mlflow_run_id, artifact_path=item.path,
+                                                                dst_path=tmp, tracking_uri=tracking_uri)
+                    algorithm = item.path.split("/")[-1][: -len("_gains.csv")]
+                    found.setdefault(domain, {})[algorithm] = pd.read_csv(local)
+    return found
 
 
 # -- plots (matplotlib object API: no global state, no display) ------------------------------
@@ -301,21 +332,24 @@ def plot_bars(labels: Sequence[str], values: Sequence[float], path: Path, *, tit
     return _save(fig, path)
 
 
-def plot_gains(gains, path: Path, *, observed: bool) -> str:
+def plot_gains(gains, path: Path, *, evaluated: dict | None = None) -> str:
+    """Cumulative gains of today's scores (expected churners), with the out-of-time test's
+    observed gains per algorithm when given, and the mean probability per decile."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(10.0, 4.0), dpi=100)
-    ax = fig.add_subplot(1, 2, 1)
-    ax2 = fig.add_subplot(1, 2, 2)
+    ax, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     xs = [0.0] + [float(x) for x in gains["cum_customer_share"]]
     ys = [0.0] + [float(y) for y in gains["cum_gain"]]
-    what = "churners" if observed else "expected churners (Σ probability)"
-    ax.plot(xs, ys, marker="o", color=PALETTE[5], label="by churn score")
+    ax.plot(xs, ys, marker="o", color=PALETTE[5], label="expected, today's scores")
+    for i, (algorithm, table) in enumerate(sorted((evaluated or {}).items())):
+        ax.plot([0.0, *table["cumulative_customers_share"]], [0.0, *table["cumulative_capture"]], marker=".",
+                color=PALETTE[(i + 1) % len(PALETTE)], label=f"observed, out-of-time test ({algorithm})")
     ax.plot([0, 1], [0, 1], color="grey", ls="--", label="random")
     ax.set_xlabel("share of customers contacted (riskiest first)")
-    ax.set_ylabel(f"share of {what} reached")
+    ax.set_ylabel("share of churners reached")
     ax.set_title("Cumulative gains")
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize="small")
     ax2.bar([int(d) for d in gains["decile"]], [float(m) for m in gains["mean_score"]], color=PALETTE[1])
     ax2.set_xlabel("score decile (1 = riskiest)")
     ax2.set_ylabel("mean churn probability")
@@ -373,6 +407,15 @@ def html_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> st
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def profile_row(row: dict) -> dict:
+    """A segment profile for the page: plain columns first, then one ``mean <feature>`` per feature."""
+    hidden = {"as_of_date", "run_id", "domain", "feature_medians", "feature_z", "feature_names"}
+    out = {k: v for k, v in row.items() if k not in hidden and not isinstance(v, (dict, list))}
+    for feature, mean in sorted((row.get("feature_means") or {}).items()):
+        out[f"mean {feature}"] = mean
+    return out
+
+
 def _img(name: str, alt: str) -> str:
     return f'<img src="{html.escape(name)}" alt="{html.escape(alt)}">'
 
@@ -425,6 +468,8 @@ class ReportBuilder:
     top_rules: int = 20
     curve_points: int = 200
     partitions: int = 8
+    tracking_uri: str | None = None
+    evaluation_gains: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     inputs: dict[str, int | None] = dataclasses.field(default_factory=dict)
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     shown: dict[str, tuple[str, Any]] = dataclasses.field(default_factory=dict)
@@ -457,16 +502,17 @@ class ReportBuilder:
             order = {s: i for i, s in enumerate(("ingest", "refine", "customer360", "value", "segment",
                                                  "basket", "churn"))}
             rows.sort(key=lambda r: order.get(r["step"], 99))
-            parts.append("<p>Latest run of every step. Nothing is lost: rows in = rows out + "
-                         "rows quarantined for the input steps.</p>")
+            parts.append("<p>The latest run of every step. The input steps check that rows in = "
+                         "rows accepted + rows quarantined.</p>")
             parts.append(html_table(rows))
             quarantine = quarantine_from_metrics(steps)
-            steps.unpersist()
             ok = True
         else:
             parts.append(_missing(f"Table {self.lake.qualified(OPS_TABLE)} is missing: no step has run yet."))
             quarantine = None
         q = quarantine.orderBy(F.col("rows").desc()).limit(30).toPandas() if quarantine is not None else None
+        if quarantine is not None:
+            steps.unpersist()
         if q is None or q.empty:
             q = self._quarantine_tables()
         if q is not None and not q.empty:
@@ -527,7 +573,8 @@ class ReportBuilder:
     def _rfm(self, df: DataFrame) -> Section:
         if "rfm_segment" not in df.columns:
             return Section("rfm", "RFM segments", _missing("gold_customer_value has no rfm_segment column."), False)
-        seg = group_counts(df, group_col="rfm_segment", value_col="monetary").orderBy(F.col("customers").desc())
+        rated = df.filter(F.col("rfm_segment").isNotNull())  # customers with purchases
+        seg = group_counts(rated, group_col="rfm_segment", value_col="monetary").orderBy(F.col("customers").desc())
         rows = [r.asDict() for r in seg.collect()]
         img = plot_bars([r["rfm_segment"] for r in rows], [r["share_customers"] for r in rows],
                         self._png("rfm_segments.png"), title="RFM segments", xlabel="share",
@@ -557,19 +604,22 @@ class ReportBuilder:
         if df is None:
             return Section("segments", "Segment profiles", _missing(
                 f"Table {self.lake.qualified('gold_segment_profiles')} is missing or empty: run the segment step."), False)
-        hidden = {"as_of_date", "run_id"}
-        simple = [c for c, t in df.dtypes if c not in hidden and not t.startswith(("map", "struct", "array"))]
-        ordered = df.orderBy(F.col("size").desc()) if "size" in df.columns else df
-        rows = [r.asDict() for r in ordered.select(*simple).limit(50).collect()]
-        label_col = "segment_name" if "segment_name" in df.columns else "segment_id"
-        labels = [f"{r.get('segment_id', '')} {r.get(label_col, '')}".strip() if label_col != "segment_id"
-                  else str(r["segment_id"]) for r in rows]
-        first = [r.get("share_customers") or 0.0 for r in rows]
+        order = [F.col(c) for c in ("domain",) if c in df.columns] + [F.col("size").desc()]
+        rows = [r.asDict() for r in df.orderBy(*order).limit(100).collect()]  # one row per segment
+        labels = [" · ".join(str(r[c]) for c in ("domain", "segment_id", "segment_name") if r.get(c) is not None)
+                  for r in rows]
         second = [r.get("share_value") or 0.0 for r in rows] if "share_value" in df.columns else None
-        img = plot_bars(labels, first, self._png("segments.png"), title="Segments", xlabel="share",
+        img = plot_bars(labels, [r.get("share_customers") or 0.0 for r in rows], self._png("segments.png"),
+                        title="Segments: share of customers and of value (per domain)", xlabel="share",
                         first_label="customers", second=second, second_label="value")
         self.metrics["segments"] = float(len(rows))
-        return Section("segments", "Segment profiles", _img(img, "segment sizes") + html_table(rows))
+        parts = [_img(img, "segment sizes")]
+        for domain in dict.fromkeys(r.get("domain") for r in rows):
+            members = [r for r in rows if r.get("domain") == domain]
+            if domain is not None:
+                parts.append(f"<h3>{html.escape(str(domain))}</h3>")
+            parts.append(html_table([profile_row(r) for r in members]))
+        return Section("segments", "Segment profiles", "".join(parts))
 
     def rules(self) -> Section:
         df = self._latest("gold_association_rules")
@@ -584,6 +634,7 @@ class ReportBuilder:
 
     def churn(self) -> Section:
         df = self._latest("gold_churn_scores")
+        self.evaluation_gains = self._churn_evaluation() if df is not None else {}
         if df is None:
             return Section("churn", "Churn early warning", _missing(
                 f"Table {self.lake.qualified('gold_churn_scores')} is missing or empty: run the churn step."), False)
@@ -596,6 +647,7 @@ class ReportBuilder:
             suffix = "" if domain is None else f"_{domain}"
             title = "" if domain is None else f"<h3>{html.escape(str(domain))}</h3>"
             gains = decile_gains(scores, score_col="churn_probability", partitions=self.partitions).toPandas()
+            evaluated = self.evaluation_gains.get(domain, {}) if domain is not None else {}
             parts.append(title)
             if gains.empty:
                 parts.append(_missing("No scores."))
@@ -604,13 +656,33 @@ class ReportBuilder:
             self.metrics[f"churn_top_decile_gain{suffix}"] = top_decile
             parts.append(f'<span class="kpi"><b>{top_decile:.0%}</b>of expected churners are in the '
                          f'riskiest 10% of customers</span>')
-            parts.append(_img(plot_gains(gains, self._png(f"churn_gains{suffix}.png"), observed=False),
+            parts.append(_img(plot_gains(gains, self._png(f"churn_gains{suffix}.png"), evaluated=evaluated),
                               "cumulative gains"))
+            for algorithm, table in evaluated.items():
+                top = table.iloc[0]
+                parts.append(f'<span class="kpi"><b>{float(top["cumulative_capture"]):.0%}</b>of actual churners '
+                             f'in the riskiest decile, out-of-time test ({html.escape(algorithm)}, lift '
+                             f'{float(top["lift"]):.1f})</span>')
             parts.append(self._risk(scores, suffix))
         df.unpersist()
-        note = ("<p>Gains use the expected churners (the sum of churn probabilities) of the scored "
-                "customers; the out-of-time evaluation of the model is in its MLflow run.</p>")
+        note = ("<p>Expected gains use today's scores (expected churners = the sum of churn "
+                "probabilities); observed gains are the churn step's out-of-time test (actual churners "
+                "at the latest labelled cutoff), read from its MLflow run.</p>")
         return Section("churn", "Churn early warning", note + "".join(parts))
+
+    def _churn_evaluation(self) -> dict[str, dict[str, Any]]:
+        """Out-of-time gains tables the churn step logged (``churn/<domain>/<algorithm>_gains.csv``)."""
+        if not self.lake.exists(OPS_TABLE):
+            return {}
+        row = (self.lake.read(OPS_TABLE).filter((F.col("step") == "churn") & (F.col("status") == "succeeded"))
+               .orderBy(F.col("started_at").desc()).select("mlflow_run_id").first())
+        if row is None or not row["mlflow_run_id"]:
+            return {}
+        try:
+            return churn_evaluation_gains(row["mlflow_run_id"], tracking_uri=self.tracking_uri)
+        except Exception as exc:  # the report still shows the expected gains
+            log.warning("report: could not read the churn evaluation from MLflow run %s: %s", row["mlflow_run_id"], exc)
+            return {}
 
     def _risk(self, scores: DataFrame, suffix: str) -> str:
         parts = []
@@ -651,8 +723,10 @@ def _builder(lake: Lake, config: Config, as_of: dt.date | None) -> ReportBuilder
     if top < 1 or points < 2:
         raise ValueError("report.top_rules must be >= 1 and report.curve_points >= 2")
     partitions = int(config.get_path("spark.shuffle_partitions") or 8)
+    from .tracking import tracking_uri
+
     return ReportBuilder(lake=lake, out=out, as_of=as_of, top_rules=top, curve_points=points,
-                         partitions=max(1, min(partitions, 64)))
+                         partitions=max(1, min(partitions, 64)), tracking_uri=tracking_uri(config))
 
 
 def _configured_as_of(config: Config) -> dt.date | None:
