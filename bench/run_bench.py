@@ -33,6 +33,9 @@ REPO = HERE.parent
 WORK = HERE / "work"
 RESULTS = HERE / "results"
 LINES_PER_CUSTOMER = 100  # the generator's default mean; customers = lines / this
+# About 257 transactions per bank account and 1.19 clients per account: a bank share of 0.2
+# gives ~0.43 bank transactions per retail line (20M transactions beside 50M retail lines).
+BANK_SHARE, LINK_SHARE = 0.2, 0.1
 
 FIELDS = ["system", "scale_lines", "step", "repeat", "wall_s", "rows_in", "rows_per_s", "mb_per_s",
           "input_mb", "peak_driver_mb", "peak_python_mb", "peak_executor_mb", "shuffle_mb", "status", "note"]
@@ -117,7 +120,8 @@ def ensure_data(scale: int, seed: int) -> Path:
     print(f"generating {scale:,} retail lines ({customers:,} customers) into {out}", flush=True)
     started = time.monotonic()
     subprocess.run([sys.executable, "-m", "crm_mining.synth", "--customers", str(customers),
-                    "--seed", str(seed), "--out", str(out)], check=True, cwd=REPO)
+                    "--seed", str(seed), "--out", str(out), "--bank-share", str(BANK_SHARE),
+                    "--link-share", str(LINK_SHARE)], check=True, cwd=REPO)
     print(f"  generated in {time.monotonic() - started:.0f} s", flush=True)
     return out
 
