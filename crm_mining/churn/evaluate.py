@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 from pyspark.ml.evaluation import BinaryClassificationEvaluator
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from .labels import LABEL_COL
@@ -31,22 +31,19 @@ def ranking_metrics(scored: DataFrame, *, label_col: str = LABEL_COL,
     return out
 
 
-def decile_column(probability: Column, boundaries: list[float]) -> Column:
-    """Decile 1 (riskiest tenth) … 10 from the descending score quantile boundaries.
+def with_decile(scored: DataFrame, *, probability_col: str = PROBABILITY_COL,
+                tiebreak_col: str | None = "customer_key") -> DataFrame:
+    """Add ``decile``: 1 for the riskiest tenth of the rows … 10 for the safest.
 
-    A score equal to a boundary (the quantile is one of the scores) belongs to the lower-risk
-    side, so the riskiest decile holds the scores strictly above the 90th percentile.
+    Exact tenths by rank (``ntile`` over the score, ties split by ``tiebreak_col`` when the
+    rows have it), so tied scores - common with trees - cannot empty or swell a decile. The
+    ranking sorts one (score, key) pair per row in a single partition: cheap next to the
+    feature work even for millions of customers.
     """
-    decile = F.lit(1)
-    for edge in boundaries:
-        decile = decile + F.when(probability <= F.lit(edge), 1).otherwise(0)
-    return decile
-
-
-def decile_boundaries(scored: DataFrame, *, probability_col: str = PROBABILITY_COL) -> list[float]:
-    """The 90th, 80th … 10th percentiles of the score (approximate, one pass)."""
-    levels = [1.0 - k / 10.0 for k in range(1, 10)]
-    return [float(x) for x in scored.approxQuantile(probability_col, levels, 0.001)]
+    order = [F.col(probability_col).desc()]
+    if tiebreak_col and tiebreak_col in scored.columns:
+        order.append(F.col(tiebreak_col))
+    return scored.withColumn("decile", F.ntile(10).over(Window.orderBy(*order)))
 
 
 def gains_table(scored: DataFrame, *, label_col: str = LABEL_COL,
@@ -54,12 +51,12 @@ def gains_table(scored: DataFrame, *, label_col: str = LABEL_COL,
     """Per score decile: customers, churners, churn rate, lift, capture rate and cumulative gains.
 
     Lift is the decile's churn rate over the overall rate; capture rate is its share of all
-    churners. Tied scores fall into one decile, so deciles may differ in size.
+    churners.
     """
     _check_columns(scored, label_col, probability_col)
-    edges = decile_boundaries(scored, probability_col=probability_col)
+    keep = [c for c in (label_col, probability_col, "customer_key") if c in scored.columns]
     table = (
-        scored.groupBy(decile_column(F.col(probability_col), edges).alias("decile"))
+        with_decile(scored.select(*keep), probability_col=probability_col).groupBy("decile")
         .agg(F.count(F.lit(1)).alias("customers"), F.sum(F.col(label_col)).alias("churners"),
              F.avg(F.col(probability_col)).alias("mean_probability"))
         .orderBy("decile").toPandas()

@@ -18,7 +18,7 @@ from pyspark.ml import PipelineModel
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from .evaluate import decile_boundaries, decile_column
+from .evaluate import with_decile
 from .train import PROBABILITY_COL, predict, signed_log
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def risk_tier(scored: DataFrame, *, method: str = "decile", high_threshold: floa
     """Add ``risk_tier`` (high / medium / low) by probability thresholds or by score decile.
 
     By decile, the riskiest ``high_deciles`` tenths are high and the next ``medium_deciles``
-    medium.
+    medium (exact tenths by rank, ties split by ``customer_key``).
     """
     p = F.col(probability_col)
     if method == "threshold":
@@ -69,9 +69,10 @@ def risk_tier(scored: DataFrame, *, method: str = "decile", high_threshold: floa
     elif method == "decile":
         if high_deciles < 0 or medium_deciles < 0 or high_deciles + medium_deciles > 10:
             raise ValueError("high_deciles and medium_deciles must be >= 0 and add up to at most 10")
-        decile = decile_column(p, decile_boundaries(scored, probability_col=probability_col))
+        decile = F.col("decile")
         tier = F.when(decile <= high_deciles, "high").when(decile <= high_deciles + medium_deciles,
                                                             "medium").otherwise("low")
+        return with_decile(scored, probability_col=probability_col).withColumn("risk_tier", tier).drop("decile")
     else:
         raise ValueError(f"risk_tier_method must be 'threshold' or 'decile', got {method!r}")
     return scored.withColumn("risk_tier", tier)
