@@ -29,6 +29,16 @@ log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
+#: (session, catalog name) → location registered by this process, to skip repeat checks.
+_REGISTERED: dict[tuple[int, str], str] = {}
+
+
+def _same_location(a: str, b: str) -> bool:
+    def norm(p: str) -> str:
+        return p.replace("file:///", "/").replace("file:/", "/").rstrip("/")
+
+    return norm(a) == norm(b)
+
 
 def _check_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
@@ -62,7 +72,6 @@ class Lake:
         self.spark = spark
         self.root = root if "://" in str(root) else os.path.abspath(str(root))
         self.database = _check_name(database)
-        self._db_ready = False
 
     # -- locations and catalog ---------------------------------------------------------
     def path(self, name: str) -> str:
@@ -78,17 +87,31 @@ class Lake:
         return DeltaTable.isDeltaTable(self.spark, self.path(name))
 
     def _ensure_database(self) -> None:
-        if not self._db_ready:
+        # Checked every time: a test or an analyst may have dropped the database meanwhile.
+        if not self.spark.catalog.databaseExists(self.database):
             self.spark.sql(f"CREATE DATABASE IF NOT EXISTS {self.database}")
-            self._db_ready = True
 
     def register(self, name: str) -> None:
-        """Register table ``name`` in the catalog (idempotent)."""
+        """Register table ``name`` in the catalog, pointing at this lake (idempotent).
+
+        A name registered earlier at another location (another lake root in the same
+        session) is re-pointed: the entry is external, so dropping it drops no data.
+        """
+        qualified = self.qualified(name)
+        key = (id(self.spark), qualified)
         self._ensure_database()
+        exists = self.spark.catalog.tableExists(qualified)
+        if exists and _REGISTERED.get(key) == self.path(name):
+            return
+        if exists:
+            current = self.spark.sql(f"DESCRIBE DETAIL {qualified}").first()["location"]
+            if _same_location(current, self.path(name)):
+                _REGISTERED[key] = self.path(name)
+                return
+            self.spark.sql(f"DROP TABLE {qualified}")
         location = self.path(name).replace("'", "\\'")
-        self.spark.sql(
-            f"CREATE TABLE IF NOT EXISTS {self.qualified(name)} USING DELTA LOCATION '{location}'"
-        )
+        self.spark.sql(f"CREATE TABLE IF NOT EXISTS {qualified} USING DELTA LOCATION '{location}'")
+        _REGISTERED[key] = self.path(name)
 
     def tables(self) -> list[str]:
         """Names of the Delta tables under the root (local and mounted file systems)."""

@@ -45,8 +45,11 @@ def setup(config: Mapping[str, Any]) -> str:
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
         location = artifact_location(config) if uri.startswith("sqlite:") else None
-        return mlflow.create_experiment(name, artifact_location=location)
-    return experiment.experiment_id
+        experiment_id = mlflow.create_experiment(name, artifact_location=location)
+    else:
+        experiment_id = experiment.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
 
 
 @contextlib.contextmanager

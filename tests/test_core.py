@@ -116,3 +116,16 @@ def test_missing_key_outside_demo_fails(monkeypatch):
     with pytest.raises(MissingKeyError, match="CRM_PII_KEY_X"):
         resolve_key(key_env="CRM_PII_KEY_X", demo=False)
     assert resolve_key(key_env="CRM_PII_KEY_X", demo=True)
+
+
+def test_a_name_registered_by_another_lake_is_repointed(spark, tmp_path):
+    from crm_mining.lake import Lake
+
+    first = Lake(spark, root=str(tmp_path / "one"), database="crm_repoint")
+    second = Lake(spark, root=str(tmp_path / "two"), database="crm_repoint")
+    first.overwrite(spark.range(1), "t")
+    second.overwrite(spark.range(5), "t")
+    assert spark.table("crm_repoint.t").count() == 5
+    first.register_all()
+    assert spark.table("crm_repoint.t").count() == 1
+    spark.sql("DROP DATABASE crm_repoint CASCADE")

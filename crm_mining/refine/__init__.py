@@ -116,7 +116,8 @@ def _bank(run: _Run, name: str, spec: Mapping, key: bytes) -> DataFrame | None:
         return None
     tables = bronze_tables(name, spec)
     bronze = {table: run.bronze(bronze_name, name) for table, bronze_name in tables.items()}
-    out = refine_bank(bronze, key=key, settings=dict(spec))
+    # The cache hook persists the checked tables once instead of once per output.
+    out = refine_bank(bronze, key=key, settings=dict(spec), cache=run.cache)
     customers = out.pop("silver_customers_bank", None)
     quarantined_rows = {}
     for table_name, df in out.items():
