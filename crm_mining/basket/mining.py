@@ -58,8 +58,9 @@ class MiningPlan:
     pruned: DataFrame = dataclasses.field(repr=False, default=None)
 
     def metrics(self) -> dict[str, float]:
-        return {k: float(v) for k, v in dataclasses.asdict(self).items()
-                if k != "pruned" and v is not None}
+        # Not dataclasses.asdict: it would deep-copy the pruned DataFrame (and its session).
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "pruned"}
+        return {k: float(v) for k, v in values.items() if v is not None}
 
 
 def min_count_for(min_support: float, baskets: int) -> int:
