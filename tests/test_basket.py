@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import time
 
 import numpy as np
 import pandas as pd
@@ -166,12 +165,11 @@ def test_guard_refuses_an_explosive_setting_before_mining(spark, monkeypatch):
     monkeypatch.setattr(FPGrowth, "fit", never)
     rng = np.random.default_rng(3)
     dense = [sorted(set(rng.choice(40, size=25, replace=False).astype(str))) for _ in range(200)]
-    clock = time.monotonic()
+    # FP-Growth is never started: the refusal costs only the counting passes of the guard.
     with pytest.raises(PatternExplosionError, match=r"refused before FP-Growth.*basket.max_patterns=5000"):
         mine_rules(frame(spark, dense), min_support=0.001, min_confidence=0.1, max_patterns=5000)
     with pytest.raises(PatternExplosionError, match="max_pair_occurrences"):
         plan_mining(frame(spark, dense), min_support=0.001, max_pair_occurrences=1000)
-    assert time.monotonic() - clock < 60
     # a basket over the cap is left out and reported; the bound is an upper bound
     plan = plan_mining(frame(spark, TOY + [list("abcdefgh")]), min_support=0.25, max_basket_items=4)
     assert plan.baskets_over_cap == 1 and plan.pruned.count() == 7  # the basket ["e"] stays
