@@ -22,6 +22,8 @@ _STARTED = time.monotonic()
 #: Seconds after which the remaining slow tests are skipped (0: no limit). CI sets it so a
 #: run always ends well inside its time limit, whatever the machine's speed.
 TEST_BUDGET_S = float(os.environ.get("CRM_TEST_BUDGET_S") or 0)
+#: Seconds after which every remaining test is skipped: the last resort against a time limit.
+TEST_HARD_BUDGET_S = float(os.environ.get("CRM_TEST_HARD_BUDGET_S") or 0)
 
 
 def pytest_configure(config):
@@ -35,6 +37,8 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_runtest_setup(item):
     spent = time.monotonic() - _STARTED
+    if TEST_HARD_BUDGET_S and spent > TEST_HARD_BUDGET_S:
+        pytest.skip(f"hard test time budget spent ({spent:.0f} s > CRM_TEST_HARD_BUDGET_S={TEST_HARD_BUDGET_S:.0f})")
     if TEST_BUDGET_S and item.get_closest_marker("slow") and spent > TEST_BUDGET_S:
         pytest.skip(f"test time budget spent ({spent:.0f} s > CRM_TEST_BUDGET_S={TEST_BUDGET_S:.0f}); "
                     f"run the slow tests alone with: pytest -m slow")
