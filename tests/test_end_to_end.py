@@ -1,0 +1,268 @@
+"""End to end on generated data: the demo through spark-submit, the run contract, kill and resume,
+tables by name in a new session, and no raw identifiers in any output.
+
+One small demo is generated once per module; the reference run goes through ``spark-submit
+jobs/run_pipeline.py`` (the way data engineers submit it), a second run is killed with SIGKILL
+in the middle of several steps and resumed, and the two must hold the same rows.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+
+from crm_mining.lake import Lake
+
+REPO = Path(__file__).resolve().parent.parent
+AS_OF = "2011-12-10"
+CUSTOMERS = 300
+DELTA = "io.delta:delta-spark_4.2_2.13:4.4.0"
+
+pytestmark = [
+    pytest.mark.slow,
+    # Opt-in until it has a measured run time inside CI's budget: CRM_E2E=1 pytest tests/test_end_to_end.py
+    pytest.mark.skipif(os.environ.get("CRM_E2E") != "1",
+                       reason="end-to-end suite is opt-in (CRM_E2E=1): its CI run time is not yet measured"),
+]
+
+#: Tables of the contract a full demo run writes.
+CONTRACT_TABLES = [
+    "bronze_online_retail", "bronze_customer_link", "bronze_berka_trans", "bronze_berka_client",
+    "silver_retail_lines", "silver_products", "silver_customers", "silver_customer_link",
+    "silver_bank_transactions", "silver_bank_accounts", "silver_bank_cards", "silver_bank_loans",
+    "silver_bank_orders", "silver_districts", "quarantine_online_retail",
+    "gold_customer_360", "gold_customer_value", "gold_segment_assignments", "gold_segment_profiles",
+    "gold_association_rules", "gold_cross_sell_recommendations", "gold_churn_scores", "ops_pipeline_runs",
+]
+STEPS = ["ingest", "refine", "customer360", "value", "segment", "basket", "churn", "report"]
+#: Columns that legitimately differ between two runs of the same inputs.
+RUN_COLUMNS = {"run_id", "_ingested_at", "model_version"}
+
+
+def _settings(workdir: Path, data: Path) -> list[str]:
+    return [
+        "--set", f"run.workdir={workdir}", "--set", f"lake.root={workdir / 'lake'}",
+        "--set", f"report.out={workdir / 'reports'}", "--set", f"demo.out={data}",
+        "--set", f"sources.online_retail.path={data / 'retail'}",
+        "--set", f"sources.berka.path={data / 'berka'}",
+        "--set", f"sources.customer_link.path={data / 'link'}",
+        "--set", "spark.shuffle_partitions=4", "--set", f"demo.customers={CUSTOMERS}",
+        "--as-of", AS_OF,
+    ]
+
+
+def _env() -> dict:
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYTHONUNBUFFERED": "1"}
+    env.pop("CRM_PII_KEY", None)  # the demo runs with its public demo key
+    return env
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory) -> Path:
+    from crm_mining.synth import generate
+
+    out = tmp_path_factory.mktemp("demo") / "data"
+    generate(out, customers=CUSTOMERS, seed=42)
+    return out
+
+
+@pytest.fixture(scope="module")
+def submitted(tmp_path_factory, demo_data) -> Path:
+    """The demo run through spark-submit; returns its working directory."""
+    import pyspark
+
+    workdir = tmp_path_factory.mktemp("submitted")
+    spark_submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
+    cmd = [str(spark_submit), "--master", "local[2]", "--packages", DELTA,
+           "--conf", "spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension",
+           "--conf", "spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog",
+           "--conf", "spark.sql.shuffle.partitions=4", "--conf", "spark.ui.enabled=false",
+           "--conf", "spark.databricks.delta.snapshotPartitions=2",
+           "--driver-java-options", "-Xss32m -Duser.timezone=UTC",
+           "--conf", "spark.sql.session.timeZone=UTC",
+           str(REPO / "jobs" / "run_pipeline.py"), *_settings(workdir, demo_data)]
+    log = workdir / "run.log"
+    with log.open("w") as out:
+        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=_env(), cwd=workdir,
+                              timeout=1800).returncode
+    assert code == 0, log.read_text()[-5000:]
+    return workdir
+
+
+def _table_digest(spark, lake: Lake, name: str) -> tuple[int, str]:
+    """Row count and an order-independent hash of a table's rows, run-specific columns left out."""
+    df = lake.read(name)
+    cols = [c for c in sorted(df.columns) if c not in RUN_COLUMNS]
+    row_hash = F.sha2(F.to_json(F.struct(*[F.col(c) for c in cols])), 256)
+    hashed = df.select(F.conv(F.substring(row_hash, 1, 15), 16, 10).cast("decimal(38,0)").alias("h"))
+    count, total = hashed.agg(F.count("*"), F.sum("h")).first()
+    return int(count), str(total)
+
+
+def test_spark_submit_runs_the_demo_and_prints_where_outputs_are(submitted):
+    text = (submitted / "run.log").read_text()
+    assert "finished" in text and "tables :" in text and "mlflow :" in text and "report :" in text
+    assert "DEMO MODE" in text  # the demo key is announced loudly
+    assert (submitted / "reports" / "index.html").is_file()
+
+
+def test_every_contract_table_is_readable_by_name_in_a_new_session(spark, submitted):
+    lake = Lake(spark, root=str(submitted / "lake"), database="crm")
+    registered = set(lake.register_all())
+    missing = [t for t in CONTRACT_TABLES if t not in registered]
+    assert not missing, f"tables not written: {missing}"
+    for table in CONTRACT_TABLES:
+        spark.sql(f"SELECT * FROM crm.{table} LIMIT 1").collect()
+    for table in [t for t in CONTRACT_TABLES if t.startswith("gold_")]:
+        df = spark.table(f"crm.{table}")
+        assert {"as_of_date", "run_id"} <= set(df.columns), table
+        assert df.filter(F.col("as_of_date") != F.lit(AS_OF).cast("date")).count() == 0, table
+    assert spark.table("crm.gold_customer_value").groupBy("customer_key").count().filter("count > 1").count() == 0
+
+
+def test_mlflow_parent_run_holds_a_nested_run_per_step(submitted):
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{submitted / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("crm-mining")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert sorted(r.data.tags["crm.step"] for r in children) == sorted(STEPS)
+    config_hash = parents[0].data.params["config_hash"]
+    for child in children:
+        assert child.data.params["config_hash"] == config_hash
+        if child.data.tags["crm.step"] not in ("ingest",):
+            assert any(k.startswith("input_version.") for k in child.data.params), child.data.tags["crm.step"]
+        if child.data.tags["crm.step"] != "report":
+            assert any(k.startswith("output_version.") for k in child.data.params), child.data.tags["crm.step"]
+
+
+def _raw_identifiers(data: Path) -> dict[str, set[str]]:
+    """Raw ids of the generated input: retail customers, bank clients, birth numbers, accounts."""
+    ids: dict[str, set[str]] = {"customer": set(), "client": set(), "birth_number": set(), "account": set()}
+    for part in (data / "retail").glob("*.csv"):
+        with part.open() as fh:
+            ids["customer"] |= {r["CustomerID"] for r in csv.DictReader(fh) if r.get("CustomerID")}
+    with (data / "berka" / "client.asc").open() as fh:
+        for r in csv.DictReader(fh, delimiter=";"):
+            ids["client"].add(r["client_id"])
+            ids["birth_number"].add(r["birth_number"])
+    with (data / "berka" / "trans.asc").open() as fh:
+        ids["account"] |= {r["account"] for r in csv.DictReader(fh, delimiter=";") if r.get("account", "").strip()}
+    with (data / "berka" / "account.asc").open() as fh:
+        ids["account"] |= {r["account_id"] for r in csv.DictReader(fh, delimiter=";")}
+    return ids
+
+
+def test_no_raw_identifier_in_gold_tables_mlflow_or_logs(spark, submitted, demo_data):
+    ids = _raw_identifiers(demo_data)
+    secret = set().union(*ids.values())
+    lake = Lake(spark, root=str(submitted / "lake"), database="crm")
+    for table in [t for t in lake.tables() if t.startswith("gold_")]:
+        df = lake.read(table)
+        texts = [F.col(f.name) for f in df.schema.fields if f.dataType.simpleString() == "string"]
+        texts += [F.explode_outer(F.col(f.name)) for f in df.schema.fields
+                  if f.dataType.simpleString() == "array<string>"]
+        for column in texts:
+            values = {r[0] for r in df.select(column.alias("v")).distinct().collect() if r[0] is not None}
+            leaked = values & secret
+            assert not leaked, f"{table} holds raw identifiers {sorted(leaked)[:5]}"
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{submitted / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("crm-mining")
+    token = re.compile(r"[A-Za-z0-9_.-]+")
+    for run in client.search_runs([experiment.experiment_id]):
+        words = set()
+        for key, value in {**run.data.params, **run.data.tags}.items():
+            words |= set(token.findall(f"{key} {value}"))
+        words |= set(token.findall(" ".join(run.data.metrics)))
+        assert not words & secret, f"MLflow run {run.info.run_id} names raw ids {sorted(words & secret)[:5]}"
+        artifacts = Path(run.info.artifact_uri.replace("file://", ""))
+        for path in artifacts.rglob("*") if artifacts.exists() else []:
+            if path.is_file() and path.suffix in (".json", ".csv", ".txt", ".yaml", ".html", ".md"):
+                found = set(token.findall(path.read_text(errors="replace"))) & (ids["client"] | ids["birth_number"])
+                assert not found, f"artifact {path.name} holds raw ids {sorted(found)[:5]}"
+    log_words = set(token.findall((submitted / "run.log").read_text(errors="replace")))
+    assert not log_words & (ids["birth_number"] | ids["account"]), "the run log names raw bank identifiers"
+
+
+def _run_cli(workdir: Path, data: Path, *extra: str) -> subprocess.Popen:
+    log = (workdir / "run.log").open("a")
+    return subprocess.Popen([sys.executable, "-m", "crm_mining.cli", "run", *_settings(workdir, data), *extra],
+                            stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=workdir,
+                            start_new_session=True)
+
+
+def _kill_when(proc: subprocess.Popen, log: Path, marker: str, delay: float, timeout: float = 900) -> bool:
+    """SIGKILL the driver and its JVM ``delay`` seconds after ``marker`` shows in the log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        if marker in log.read_text(errors="replace"):
+            time.sleep(delay)
+            if proc.poll() is not None:
+                return False
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise AssertionError(f"'{marker}' never appeared in {log}")
+
+
+@pytest.mark.parametrize("kill_points", [[("[ingest] started", 8.0), ("[refine] started", 6.0),
+                                          ("[value] started", 5.0), ("[segment] started", 6.0),
+                                          ("[basket] started", 5.0), ("[churn] started", 8.0)]])
+def test_killed_run_resumes_to_the_same_tables(spark, submitted, demo_data, tmp_path, kill_points):
+    """SIGKILL in the middle of several steps, resume each time: the same rows as the clean run."""
+    log = tmp_path / "run.log"
+    killed = 0
+    for index, (marker, delay) in enumerate(kill_points):
+        proc = _run_cli(tmp_path, demo_data, *(["--resume"] if index else []))
+        killed += _kill_when(proc, log, marker, delay)
+        with log.open("a") as fh:
+            fh.write(f"\n--- killed after '{marker}'\n")
+    assert killed >= 3, "the kills came too late to interrupt the steps"
+    final = _run_cli(tmp_path, demo_data, "--resume")
+    assert final.wait(timeout=1800) == 0, log.read_text()[-5000:]
+    reference = Lake(spark, root=str(submitted / "lake"), database="crm_reference")
+    resumed = Lake(spark, root=str(tmp_path / "lake"), database="crm_resumed")
+    deterministic = [t for t in CONTRACT_TABLES if t.startswith(("bronze_", "silver_", "quarantine_"))]
+    deterministic += ["gold_customer_360", "gold_customer_value"]
+    for table in deterministic:
+        assert _table_digest(spark, resumed, table) == _table_digest(spark, reference, table), table
+    for table in ["gold_segment_assignments", "gold_churn_scores", "gold_cross_sell_recommendations"]:
+        got, want = resumed.read(table), reference.read(table)
+        assert got.count() == want.count(), table
+        keys = ["customer_key"] + (["rank"] if "rank" in got.columns else []) + \
+               (["domain"] if "domain" in got.columns else [])
+        assert got.groupBy(*keys).count().filter("count > 1").count() == 0, f"{table} has duplicates"
+    ops = resumed.read("ops_pipeline_runs")
+    assert ops.select("run_id").distinct().count() == 1  # one run, resumed, not several
+    assert {r["step"] for r in ops.filter("status = 'succeeded'").collect()} == set(STEPS)
+
+
+def test_second_identical_run_changes_no_table_contents(spark, submitted, demo_data):
+    """Rerunning every step with the same inputs, as-of date and seed leaves the same rows."""
+    lake = Lake(spark, root=str(submitted / "lake"), database="crm_rerun")
+    tables = [t for t in CONTRACT_TABLES if t != "ops_pipeline_runs"]
+    before = {t: _table_digest(spark, lake, t) for t in tables}
+    proc = _run_cli(submitted, demo_data)
+    assert proc.wait(timeout=1800) == 0, (submitted / "run.log").read_text()[-5000:]
+    after = {t: _table_digest(spark, lake, t) for t in tables}
+    changed = [t for t in tables if before[t] != after[t]]
+    assert not changed, f"a rerun changed {changed}"
