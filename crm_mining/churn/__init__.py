@@ -228,7 +228,7 @@ def _train_domain(ctx: StepContext, domain: Domain, lines: DataFrame | None, cfg
         import pyspark
 
         # explicit requirements: inferring them starts a subprocess that imports the model
-        info = mlflow.spark.log_model(out["model"], name="model",
+        info = mlflow.spark.log_model(out["model"], "model",  # positional: the keyword differs across MLflow 3.x
                                       pip_requirements=[f"pyspark=={pyspark.__version__}"])
         mlflow.log_text(json.dumps({"features": list(domain.feature_names), "weights": out["reasons"],
                                     "algorithm": out["chosen"]}, indent=2), score.REASONS_ARTIFACT)
