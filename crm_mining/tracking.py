@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -106,3 +107,7 @@ def active_run_id() -> str | None:
     active = mlflow.active_run()
     return active.info.run_id if active else None
 
+
+def is_enabled() -> bool:
+    """Tracking can be switched off for library use with ``CRM_TRACKING=off``."""
+    return os.environ.get("CRM_TRACKING", "on").lower() not in ("off", "0", "false")
