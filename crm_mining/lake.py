@@ -8,6 +8,11 @@ table version, never half of one, and a rerun converges to the same contents:
 - :meth:`Lake.merge` upserts on keys with the ``DeltaTable`` merge builder;
 - :meth:`Lake.overwrite` replaces a whole derived table.
 
+Two runs writing the same table at once meet Delta's optimistic concurrency: one commit wins
+and the other gets a conflict. Because every write above is idempotent, the loser retries it
+(a few times, with a pause) against the new version; if conflicts persist it stops with a
+:class:`LakeConflictError` naming the table. Either way the table holds one consistent version.
+
 Tables live at ``<root>/<name>`` and are registered as ``<database>.<name>`` in the session
 catalog when written, and again for every existing table when a session opens the lake
 (:meth:`Lake.register_all`), so a new session reads them by name.
@@ -18,9 +23,11 @@ import datetime as dt
 import logging
 import os
 import re
+import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
+from delta import exceptions as delta_errors
 from delta.tables import DeltaTable
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -28,6 +35,26 @@ from pyspark.sql import functions as F
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+#: Delta's conflict errors: another transaction committed first; an idempotent write may retry.
+_CONFLICTS = (delta_errors.ConcurrentWriteException, delta_errors.MetadataChangedException,
+              delta_errors.ProtocolChangedException, delta_errors.ConcurrentAppendException,
+              delta_errors.ConcurrentDeleteReadException, delta_errors.ConcurrentDeleteDeleteException,
+              delta_errors.ConcurrentTransactionException)
+#: Retries of a write after a conflict, and the first pause between them (doubling).
+CONFLICT_RETRIES = 4
+CONFLICT_PAUSE_S = 0.5
+
+
+class LakeConflictError(RuntimeError):
+    """A write kept meeting concurrent commits to the same table; the table is unchanged by it."""
+
+
+def _is_conflict(exc: Exception) -> bool:
+    text = str(exc)
+    return isinstance(exc, _CONFLICTS) or "DELTA_CONCURRENT_" in text or "DELTA_PROTOCOL_CHANGED" in text \
+        or "DELTA_METADATA_CHANGED" in text
+
 
 #: (session, catalog name) → location registered by this process, to skip repeat checks.
 _REGISTERED: dict[tuple[int, str], str] = {}
@@ -161,10 +188,31 @@ class Lake:
         self.register(name)
         return int(self.version(name))
 
+    def _commit(self, name: str, write: Callable[[], None]) -> int:
+        """Run one idempotent write, retrying it when a concurrent commit to ``name`` wins."""
+        pause = CONFLICT_PAUSE_S
+        for attempt in range(CONFLICT_RETRIES + 1):
+            try:
+                write()
+                return self._finish(name)
+            except Exception as exc:  # noqa: BLE001 - only Delta conflicts are retried
+                if not _is_conflict(exc):
+                    raise
+                first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                if attempt == CONFLICT_RETRIES:
+                    raise LakeConflictError(
+                        f"table {name} ({self.path(name)}): another run kept committing to it at the same "
+                        f"time; gave up after {attempt + 1} attempts ({first_line}). The table holds the "
+                        f"other run's version; run this step again once it is done.") from exc
+                log.warning("%s: concurrent commit by another run (%s); retrying in %.1f s", name, first_line, pause)
+                time.sleep(pause)
+                pause *= 2
+        raise AssertionError("unreachable")
+
     def overwrite(self, df: DataFrame, name: str, *, partition_by: Sequence[str] = ()) -> int:
         """Replace the whole table (schema included) in one transaction; returns the version."""
-        self._writer(df, "overwrite", partition_by).option("overwriteSchema", "true").save(self.path(name))
-        return self._finish(name)
+        return self._commit(name, lambda: self._writer(df, "overwrite", partition_by)
+                            .option("overwriteSchema", "true").save(self.path(name)))
 
     def replace_partition(
         self, df: DataFrame, name: str, *, as_of_date: dt.date | str, column: str = "as_of_date"
@@ -177,15 +225,14 @@ class Lake:
         dt.date.fromisoformat(as_of)  # a clear ValueError for a malformed date
         if column not in df.columns:
             raise ValueError(f"{name}: the rows to write have no '{column}' column")
-        if not self.exists(name):
-            self._writer(df, "overwrite", [column]).save(self.path(name))
-        else:
-            (
-                self._writer(df, "overwrite")
-                .option("replaceWhere", f"{column} = DATE'{as_of}'")
-                .save(self.path(name))
-            )
-        return self._finish(name)
+
+        def write() -> None:
+            if not self.exists(name):
+                self._writer(df, "overwrite", [column]).save(self.path(name))
+            else:
+                self._writer(df, "overwrite").option("replaceWhere", f"{column} = DATE'{as_of}'").save(self.path(name))
+
+        return self._commit(name, write)
 
     def append_batch(self, df: DataFrame, name: str, *, batch_id: str, column: str = "_batch_id") -> int | None:
         """Add the rows of one input batch exactly once.
@@ -196,19 +243,23 @@ class Lake:
         """
         if not batch_id:
             raise ValueError("batch_id must be a non-empty string")
-        if self.has_batch(name, batch_id, column=column):
+        committed_elsewhere = False
+
+        def write() -> None:
+            nonlocal committed_elsewhere
+            if self.has_batch(name, batch_id, column=column):
+                committed_elsewhere = True
+            elif not self.exists(name):
+                self._writer(df, "append").save(self.path(name))
+            else:
+                safe = batch_id.replace("'", "''")
+                self._writer(df, "overwrite").option("replaceWhere", f"{column} = '{safe}'").save(self.path(name))
+
+        version = self._commit(name, write)
+        if committed_elsewhere:
             log.info("%s: batch %s already committed, nothing added", name, batch_id)
             return None
-        if not self.exists(name):
-            self._writer(df, "append").save(self.path(name))
-        else:
-            safe = batch_id.replace("'", "''")
-            (
-                self._writer(df, "overwrite")
-                .option("replaceWhere", f"{column} = '{safe}'")
-                .save(self.path(name))
-            )
-        return self._finish(name)
+        return version
 
     def has_batch(self, name: str, batch_id: str, *, column: str = "_batch_id") -> bool:
         """Whether rows of ``batch_id`` are committed in table ``name``."""
@@ -229,21 +280,23 @@ class Lake:
         missing = [k for k in keys if k not in df.columns]
         if missing:
             raise ValueError(f"{name}: merge keys {missing} are not columns of the new rows")
-        if not self.exists(name):
-            self._writer(df, "append").save(self.path(name))
-            return self._finish(name)
-        target = DeltaTable.forPath(self.spark, self.path(name))
         condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
-        builder = (
-            target.alias("t")
-            .merge(df.alias("s"), condition)
-            .whenMatchedUpdateAll()
-            .whenNotMatchedInsertAll()
-        )
-        if delete_missing is not None:
-            builder = builder.whenNotMatchedBySourceDelete(condition=delete_missing)
-        builder.execute()
-        return self._finish(name)
+
+        def write() -> None:
+            if not self.exists(name):
+                self._writer(df, "append").save(self.path(name))
+                return
+            builder = (
+                DeltaTable.forPath(self.spark, self.path(name)).alias("t")
+                .merge(df.alias("s"), condition)
+                .whenMatchedUpdateAll()
+                .whenNotMatchedInsertAll()
+            )
+            if delete_missing is not None:
+                builder = builder.whenNotMatchedBySourceDelete(condition=delete_missing)
+            builder.execute()
+
+        return self._commit(name, write)
 
     def history(self, name: str, limit: int | None = None) -> DataFrame:
         """The Delta history of ``name`` (newest first)."""
