@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .config import Config, ConfigError, check_source_paths, load_config
+from .config import Config, ConfigError, check_source_paths, check_writable_dir, load_config
 
 log = logging.getLogger("crm_mining")
 
@@ -83,11 +83,18 @@ def prepare_demo(config: Config) -> None:
     generate(out, customers=int(demo["customers"]), seed=int(demo["seed"]))
 
 
+def check_writable(config: Config) -> None:
+    """Fail before anything is written when the lake root or the working directory is unusable."""
+    check_writable_dir(str(config.get_path("lake.root")), setting="lake.root")
+    check_writable_dir(str(config.get_path("run.workdir")), setting="run.workdir")
+
+
 def check_before_spark(config: Config, steps: Sequence[str] | None) -> None:
-    """Fail fast on what needs no Spark: the PII key and the input paths."""
+    """Fail fast on what needs no Spark: the PII key, the output locations and the input paths."""
     from .pii import resolve_key
 
     resolve_key(key_env=config.get_path("pii.key_env"), demo=bool(config.get_path("run.demo")))
+    check_writable(config)
     if steps is None or "ingest" in steps:
         check_source_paths(config)
 
@@ -95,6 +102,7 @@ def check_before_spark(config: Config, steps: Sequence[str] | None) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     config = configure(args)
     steps = [s.strip() for s in args.steps.split(",") if s.strip()] if args.steps else None
+    check_writable(config)  # before the demo data is generated: nothing is written on a bad setting
     prepare_demo(config)
     check_before_spark(config, steps)
     from .pipeline import run_pipeline

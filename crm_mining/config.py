@@ -249,3 +249,23 @@ def check_source_paths(config: Config) -> None:
                 raise ConfigError(f"source '{name}': no file matches sources.{name}.path = {path}")
         elif not Path(path).exists():
             raise ConfigError(f"source '{name}': path not found: {path} (sources.{name}.path)")
+
+
+def check_writable_dir(path: str, *, setting: str) -> None:
+    """Fail, naming the setting, when a local directory cannot be created or written.
+
+    The directory itself may not exist yet: its nearest existing ancestor must be a writable
+    directory. Object-store URIs (``s3a://``, ``abfss://``...) are checked by the first write.
+    """
+    if "://" in path and not path.startswith("file://"):
+        return
+    target = Path(path.removeprefix("file://")).expanduser().absolute()
+    existing = target
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise ConfigError(f"{setting} = {path}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{setting} = {path}: {existing} is not writable by this user")

@@ -107,6 +107,23 @@ def test_cli_requires_the_pii_key_outside_demo(tmp_path):
     assert "CRM_PII_KEY" in result.stderr
 
 
+@pytest.mark.parametrize("root, cause", [("blocker/lake", "is a file, not a directory"),
+                                         ("locked/lake", "is not writable")])
+def test_cli_names_an_unusable_lake_root_before_writing_anything(tmp_path, root, cause):
+    import os
+
+    (tmp_path / "blocker").write_text("a file where the lake's parent directory should be")
+    (tmp_path / "locked").mkdir(mode=0o500)
+    if cause == "is not writable" and os.access(tmp_path / "locked", os.W_OK):
+        pytest.skip("running as a user who may write anywhere (root): a read-only directory cannot be made")
+    result = _cli("run", "--set", f"lake.root={tmp_path / root}", "--set", f"run.workdir={tmp_path / 'work'}",
+                  "--set", f"demo.out={tmp_path / 'demo'}")
+    assert result.returncode == 2, result.stderr
+    assert f"lake.root = {tmp_path / root}" in result.stderr and cause in result.stderr
+    assert "Spark" not in result.stderr
+    assert not (tmp_path / "demo").exists() and not (tmp_path / "work").exists()  # nothing written
+
+
 def test_unknown_step_is_rejected(make_config):
     with pytest.raises(ValueError, match="unknown step"):
         pipeline.resolve_steps(["ingest", "nonsense"], make_config())
