@@ -176,6 +176,8 @@ def read_header(path: Path, read: Mapping[str, Any]) -> list[str]:
 
 def check_header(table: TableSource, path: Path, header: list[str]) -> None:
     """Fail with the source, file and column named when the mapping or header is wrong."""
+    if path.stat().st_size == 0:
+        raise SourceError(f"source '{table.source}', file {path}: the file is empty (0 bytes, no header line)")
     if not header or not any(header):
         raise SourceError(f"source '{table.source}', file {path}: empty header line")
     for canonical, column in table.columns.items():

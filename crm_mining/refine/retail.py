@@ -17,6 +17,8 @@ Every bronze row is either accepted into ``silver_retail_lines`` or quarantined 
 4. ``bad_quantity`` / ``bad_price`` / ``bad_timestamp: <column>='<value>'`` — the value does
    not parse (a quantity must be a whole number; a price a finite number; a timestamp must
    match one of the source's ``timestamp_formats``, tried in order).
+   ``future_timestamp: <column>='2099-…'`` — a timestamp later than the moment its file was
+   ingested (``_ingested_at``): a line cannot have been recorded after it was delivered.
 5. ``adjustment_invoice: <column>='A…'`` — "adjust bad debt" bookings (``adjustment_prefixes``).
 6. ``non_product_code: <column>='POST'`` — postage, discounts, manual entries, bank charges,
    fees and the like (``non_product_codes``, compared case-insensitively; the UCI data's gift
@@ -180,6 +182,7 @@ def classify_lines(bronze: DataFrame, *, columns: Mapping[str, str], timestamp_f
         bad("bad_quantity", "quantity"), missing("quantity"),
         bad("bad_price", "unit_price"), missing("unit_price"),
         bad("bad_timestamp", "ts"), missing("ts"),
+        (F.col("__ts") > F.col("_ingested_at"), reason("future_timestamp", columns["ts"], F.col(raw["ts"]))),
         (_starts_with_any(F.col("__invoice_id"), opts["adjustment_prefixes"]),
          reason("adjustment_invoice", columns["invoice_id"], F.col(raw["invoice_id"]))),
     ]
