@@ -182,6 +182,22 @@ def test_risk_tiers_by_decile_and_threshold(spark):
 
 
 # -- champion / challenger -------------------------------------------------------------------
+def test_a_domain_without_both_classes_is_not_trained(spark):
+    from crm_mining.churn import trainable
+
+    D = dt.date
+    def rows(*pairs):
+        return spark.createDataFrame([(c, y) for c, y in pairs], "cutoff_date date, churned int")
+
+    test = D(2011, 9, 1)
+    assert trainable(rows((D(2011, 8, 1), 0), (D(2011, 8, 1), 1), (test, 0)), test_cutoff=test) is None
+    only_retained = trainable(rows((D(2011, 8, 1), 0), (test, 1)), test_cutoff=test)
+    assert "classes ['0']" in only_retained and "2011-09-01" in only_retained
+    assert "classes ['none']" in trainable(rows((test, 1)), test_cutoff=test)
+    assert "no labelled customer at the test cutoff" in trainable(rows((D(2011, 8, 1), 0), (D(2011, 8, 1), 1)),
+                                                                  test_cutoff=test)
+
+
 def test_champion_rule():
     assert registry.beats_champion(challenger=0.5, champion=None)
     assert registry.beats_champion(challenger=0.61, champion=0.60)

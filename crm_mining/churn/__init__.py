@@ -193,6 +193,25 @@ def _log_evaluation(domain: str, algorithm: str, evaluation: Mapping[str, Any]) 
                         f"churn/{domain}/{algorithm}_reliability.png")
 
 
+def trainable(data: DataFrame, *, test_cutoff: dt.date) -> str | None:
+    """Why labelled rows cannot train and test a model (``None`` when they can).
+
+    Both classes are needed before the test cutoff to fit on, and rows at it to test on: a
+    domain whose customers were all inactive in the look-back (for example bank data years
+    older than the as-of date) has neither.
+    """
+    counts = {(bool(r[0] < test_cutoff), r[1]): r[2] for r in
+              data.groupBy(lb.CUTOFF_COL, lb.LABEL_COL).count().collect()}
+    fit_classes = {label for (before, label), n in counts.items() if before and n}
+    if len(fit_classes) < 2:
+        found = sorted(str(c) for c in fit_classes) or ["none"]
+        return (f"the rows before the test cutoff {test_cutoff.isoformat()} hold the classes {found}; both "
+                f"churned and retained customers are needed (is the as-of date inside the data's period?)")
+    if not any(n for (before, _), n in counts.items() if not before):
+        return f"no labelled customer at the test cutoff {test_cutoff.isoformat()}"
+    return None
+
+
 def _train_domain(ctx: StepContext, domain: Domain, lines: DataFrame | None, cfg: Mapping[str, Any]) -> dict:
     import mlflow
     import mlflow.spark
@@ -209,6 +228,12 @@ def _train_domain(ctx: StepContext, domain: Domain, lines: DataFrame | None, cfg
     tracking.log_params({f"{domain.name}.cutoffs": ",".join(c.isoformat() for c in cutoffs),
                          f"{domain.name}.horizon_days": domain.horizon_days, f"{domain.name}.training_rows": rows})
     log.info("[churn] %s: %d labelled rows over cutoffs %s", domain.name, rows, [c.isoformat() for c in cutoffs])
+    unusable = trainable(data, test_cutoff=cutoffs[-1])
+    if unusable:
+        log.warning("[churn] %s: no model trained as of %s: %s", domain.name, ctx.as_of.isoformat(), unusable)
+        tracking.log_params({f"{domain.name}.skipped": unusable[:250]})
+        data.unpersist()
+        return {"rows": rows, "decision": None, "metrics": {}}
     out = fit_and_evaluate(data, features=domain.feature_names, settings=settings, test_cutoff=cutoffs[-1],
                            cost_missed_churner=float(cfg["cost_missed_churner"]),
                            cost_wasted_offer=float(cfg["cost_wasted_offer"]), refit_on_all=bool(cfg["refit_on_all"]))
