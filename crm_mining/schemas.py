@@ -84,6 +84,30 @@ SILVER_SCHEMAS: dict[str, T.StructType] = {
     "silver_districts": SILVER_DISTRICTS,
 }
 
+#: What the Berka refine returns (``crm_mining.refine.bank``) → the contract schema of each
+#: output; the bank customers go into ``silver_customers`` with the retail ones.
+BANK_OUTPUT_SCHEMAS: dict[str, T.StructType] = {
+    **{name: SILVER_SCHEMAS[name] for name in (
+        "silver_bank_transactions", "silver_bank_accounts", "silver_bank_cards", "silver_bank_loans",
+        "silver_bank_orders", "silver_districts")},
+    "silver_customers_bank": SILVER_CUSTOMERS,
+}
+
+
+def schema_mismatches(frames: dict, contract: dict[str, T.StructType]) -> dict[str, list]:
+    """Per table, the leading (name, type) fields that differ from the contract (empty: all agree).
+
+    Outputs may carry more columns after the contract's.
+    """
+    out = {}
+    for name, schema in contract.items():
+        got = [(f.name, f.dataType) for f in frames[name].schema.fields[:len(schema.fields)]]
+        want = [(f.name, f.dataType) for f in schema.fields]
+        if got != want:
+            out[name] = [(g, w) for g, w in zip(got, want) if g != w] or [("missing", want[len(got):])]
+    return out
+
+
 #: Lineage columns every bronze table carries besides the raw columns (all strings).
 BRONZE_LINEAGE = ("_source_file", "_batch_id", "_ingested_at", "_line_number", "_corrupt_record")
 
