@@ -24,7 +24,7 @@ import logging
 import re
 from typing import Mapping, Sequence
 
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from .pipeline import StepContext, StepResult

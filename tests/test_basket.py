@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 
 import numpy as np
 import pandas as pd
@@ -14,7 +13,7 @@ from pyspark.testing import assertDataFrameEqual
 
 from crm_mining.basket import (PatternExplosionError, add_significance, association_rules, bank_holdings,
                                baskets_from_pairs, customer_items, evaluate_hit_rate, frequent_itemsets,
-                               item_counts, min_count_for, mine_rules, plan_mining, prune_redundant,
+                               min_count_for, mine_rules, plan_mining, prune_redundant,
                                recommend, retail_baskets, retail_lines_before)
 from crm_mining.schemas import SILVER_RETAIL_LINES
 

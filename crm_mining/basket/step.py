@@ -18,7 +18,7 @@ from pyspark.sql import types as T
 
 from .. import tracking
 from ..pipeline import StepContext, StepResult
-from .baskets import (NON_PRODUCT_CODES, bank_holdings, baskets_from_pairs, customer_items,
+from .baskets import (bank_holdings, baskets_from_pairs, customer_items,
                       retail_baskets, retail_lines_before)
 from .mining import MiningPlan, frequent_itemsets, item_counts, plan_mining
 from .recommend import evaluate_hit_rate, recommend
