@@ -67,6 +67,18 @@ def _same_location(a: str, b: str) -> bool:
     return norm(a) == norm(b)
 
 
+def _has_commit(table_dir: Path) -> bool:
+    """Whether a table directory holds a committed Delta version.
+
+    A job killed during a table's first write leaves data files and an empty ``_delta_log``:
+    no table yet, and registering it would fail. The next write creates version 0 and ignores
+    the orphaned files.
+    """
+    log_dir = table_dir / "_delta_log"
+    return log_dir.is_dir() and any(p.suffix in (".json", ".parquet") and p.name[:1].isdigit()
+                                    for p in log_dir.iterdir())
+
+
 def _check_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValueError(f"table name must be lower_snake_case, got {name!r}")
@@ -147,7 +159,7 @@ class Lake:
         root = Path(self.root.replace("file:", ""))
         if not root.is_dir():
             return []
-        return sorted(p.name for p in root.iterdir() if (p / "_delta_log").is_dir() and _NAME.match(p.name))
+        return sorted(p.name for p in root.iterdir() if _NAME.match(p.name) and _has_commit(p))
 
     def register_all(self) -> list[str]:
         """Register every table found under the root; returns their names."""

@@ -182,3 +182,19 @@ def test_a_name_registered_by_another_lake_is_repointed(spark, tmp_path):
     first.register_all()
     assert spark.table("crm_repoint.t").count() == 1
     spark.sql("DROP DATABASE crm_repoint CASCADE")
+
+
+def test_a_first_write_killed_before_its_commit_leaves_no_table(spark, lake):
+    """Data files and an empty _delta_log (a job killed in a table's first write) are no table."""
+    import os
+
+    from pyspark.sql import functions as F
+
+    orphan = lake.path("ops_pipeline_runs")
+    os.makedirs(os.path.join(orphan, "_delta_log"))
+    spark.range(3).write.parquet(os.path.join(orphan, "part-orphan"))
+    assert "ops_pipeline_runs" not in lake.tables() and not lake.exists("ops_pipeline_runs")
+    lake.register_all()  # a restarted run opens the lake without failing on it
+    rows = spark.range(2).withColumn("as_of_date", F.lit("2024-01-01").cast("date"))
+    assert lake.replace_partition(rows, "ops_pipeline_runs", as_of_date="2024-01-01") == 0
+    assert lake.read("ops_pipeline_runs").count() == 2 and "ops_pipeline_runs" in lake.tables()
