@@ -171,8 +171,13 @@ def record_step(lake: Lake, record: dict[str, Any]) -> None:
     lake.merge(_ops_row(lake.spark, record), OPS_TABLE, keys=["run_id", "step"])
 
 
-def unfinished_run(lake: Lake) -> tuple[str, str | None, list[str]] | None:
-    """The latest run with a step not succeeded: (run id, as-of date, succeeded steps)."""
+def unfinished_run(lake: Lake, steps: Sequence[str] = ()) -> tuple[str, str | None, list[str]] | None:
+    """The latest run, unless it finished: (run id, as-of date, succeeded steps).
+
+    A run is unfinished when one of its recorded steps did not succeed, or when one of
+    ``steps`` (those the resuming command asks for) never started: a job killed between two
+    steps has recorded nothing of the next one yet.
+    """
     if not lake.exists(OPS_TABLE):
         return None
     ops = lake.read(OPS_TABLE)
@@ -180,9 +185,9 @@ def unfinished_run(lake: Lake) -> tuple[str, str | None, list[str]] | None:
     if latest is None:
         return None
     rows = ops.filter(F.col("run_id") == latest[0]).select("step", "status", "as_of_date").collect()
-    if all(r["status"] == "succeeded" for r in rows):
-        return None
     done = [r["step"] for r in rows if r["status"] == "succeeded"]
+    if len(done) == len(rows) and set(steps) <= set(done):
+        return None
     as_of = next((r["as_of_date"] for r in rows if r["as_of_date"] is not None), None)
     return latest[0], (as_of.isoformat() if as_of else None), done
 
@@ -210,7 +215,7 @@ def run_pipeline(
     chosen = resolve_steps(steps, config)
     run_id, done, resumed = _new_run_id(), [], False
     if resume:
-        previous = unfinished_run(lake)
+        previous = unfinished_run(lake, chosen)
         if previous is None:
             log.info("resume: no unfinished run found; starting a new run")
         else:

@@ -75,6 +75,18 @@ def test_failure_names_the_step_and_resume_finishes(spark, make_config, fake_ste
     assert gold.count() == 3  # nothing duplicated
 
 
+def test_resume_after_a_kill_between_steps_runs_the_steps_not_started(spark, make_config, fake_steps):
+    """Killed after one step succeeded and before the next recorded anything: resume goes on."""
+    cfg = make_config("run.as_of=2020-01-31", "lake.database=crm_pipe_c")
+    first_run = run_pipeline(spark, cfg, steps=["first"])  # all that was recorded before the kill
+    CALLS.clear()
+    assert run_pipeline(spark, cfg, steps=["first", "second"], resume=True) == first_run
+    assert CALLS == ["second"]
+    CALLS.clear()  # the run is now complete: a further --resume starts a new run
+    assert run_pipeline(spark, cfg, steps=["first", "second"], resume=True) != first_run
+    assert CALLS == ["first", "second"]
+
+
 def _cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     import os
 
