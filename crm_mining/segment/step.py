@@ -188,7 +188,11 @@ def fit_segments(features: DataFrame, *, domain: str, feature_cols: Sequence[str
         raise ValueError(f"segment {domain}: at least two features are needed, got {cols}")
     value_col = value_col if value_col in features.columns else None
     keep = [key_col, *cols, *([value_col] if value_col and value_col not in cols else [])]
-    data = features.select(*keep)
+    # K-Means|| initialisation and the silhouette sample depend on which rows sit in which
+    # partition, in which order: a fixed layout by customer makes a rerun on rewritten input
+    # files give the same clusters.
+    partitions = int(features.sparkSession.conf.get("spark.sql.shuffle.partitions"))
+    data = features.select(*keep).repartition(partitions, key_col).sortWithinPartitions(key_col)
     prep = M.feature_pipeline(data, feature_cols=cols, transform=settings.transform,
                               cap_quantiles=settings.cap_quantiles,
                               quantile_buckets=settings.quantile_buckets).fit(data)
