@@ -31,8 +31,10 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Fast tests first, slow ones after: a budget cut then only ever drops slow tests."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
+    """Fast tests first, slow ones after, the end-to-end suite (the longest) last: a budget cut
+    then only ever drops slow tests."""
+    items.sort(key=lambda item: (item.get_closest_marker("slow") is not None,
+                                 item.module.__name__.endswith("test_end_to_end")))
 
 
 def pytest_runtest_setup(item):
