@@ -38,7 +38,8 @@ LINES_PER_CUSTOMER = 100  # the generator's default mean; customers = lines / th
 BANK_SHARE, LINK_SHARE = 0.2, 0.1
 
 FIELDS = ["system", "scale_lines", "step", "repeat", "wall_s", "rows_in", "rows_per_s", "mb_per_s",
-          "input_mb", "peak_driver_mb", "peak_python_mb", "peak_executor_mb", "shuffle_mb", "status", "note"]
+          "input_mb", "peak_driver_mb", "peak_python_mb", "peak_executor_mb", "shuffle_mb", "status", "note",
+          "command"]
 
 
 class PeakSampler(threading.Thread):
@@ -180,7 +181,8 @@ def ops_rows(lake_root: Path) -> list[dict]:
     return table.sort_values("started_at").to_dict("records")
 
 
-def bench_crm_mining(scale: int, data: Path, steps: list[str], repeat: int, timeout: float) -> list[dict]:
+def bench_crm_mining(scale: int, data: Path, steps: list[str], repeat: int, timeout: float,
+                     overrides: list[str] = ()) -> list[dict]:
     rows = []
     input_mb = dir_mb(data / "retail") + dir_mb(data / "berka") + dir_mb(data / "link")
     for rep in range(repeat):
@@ -191,7 +193,7 @@ def bench_crm_mining(scale: int, data: Path, steps: list[str], repeat: int, time
         config = bench_config(data, scale, run_dir)
         env = {**os.environ, "CRM_PII_KEY": "benchmark-key"}
         cmd = [sys.executable, "-m", "crm_mining.cli", "run", "--config", str(config),
-               "--steps", ",".join(steps)]
+               "--steps", ",".join(steps), *[a for o in overrides for a in ("--set", o)]]
         print(f"crm-mining {scale:,} lines, repeat {rep + 1}/{repeat}: {' '.join(steps)}", flush=True)
         result = run_measured(cmd, timeout=timeout, env=env, log=run_dir / "run.log")
         shuffle = shuffle_by_step(run_dir / "events")
@@ -216,7 +218,8 @@ def bench_crm_mining(scale: int, data: Path, steps: list[str], repeat: int, time
                      "peak_python_mb": round(result["peak_python_mb"]),
                      "peak_executor_mb": round(result["peak_jvm_mb"]),
                      "shuffle_mb": round(sum(shuffle.values()), 1), "status": result["status"],
-                     "note": "wall includes JVM start-up; mb_per_s = raw input / (ingest + refine); "
+                     "note": f"steps {'+'.join(steps)}{' with ' + ' '.join(overrides) if overrides else ''}; "
+                             "wall includes JVM start-up; mb_per_s = raw input / (ingest + refine); "
                              "local mode: executors run in the driver JVM"})
         if result["status"] != "ok":
             print(result["log_tail"][-2000:], flush=True)
@@ -278,9 +281,25 @@ def environment() -> dict:
             "python": platform.python_version(), "pyspark": pyspark.__version__, "java": java}
 
 
+def previous_results() -> list[dict]:
+    """Rows of results.csv from earlier invocations (kept unless measured again)."""
+    path = RESULTS / "results.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        row["scale_lines"] = int(row["scale_lines"])
+    return rows
+
+
 def write_results(rows: list[dict], env: dict, args: argparse.Namespace) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    summary = sorted(medians(rows), key=lambda r: (r["scale_lines"], r["system"], r["step"]))
+    command = f"python -m bench.run_bench {' '.join(sys.argv[1:])}"
+    fresh = [{**r, "command": command} for r in medians(rows)]
+    measured = {(r["system"], r["scale_lines"], r["step"]) for r in fresh}
+    kept = [r for r in previous_results() if (r["system"], r["scale_lines"], r["step"]) not in measured]
+    summary = sorted(kept + fresh, key=lambda r: (r["scale_lines"], r["system"], r["step"]))
     with (RESULTS / "results.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=FIELDS)
         writer.writeheader()
@@ -288,7 +307,8 @@ def write_results(rows: list[dict], env: dict, args: argparse.Namespace) -> None
     lines = ["# Benchmark results", "",
              f"Measured {env['date']} on {env['machine']}; Python {env['python']}, "
              f"PySpark {env['pyspark']}, {env['java']}.",
-             f"Command: `python -m bench.run_bench {' '.join(sys.argv[1:])}`", "",
+             "Each row was measured by the command in the CSV's `command` column (latest: "
+             f"`{command}`); `note` says which steps and settings the `all` row covers.", "",
              "| system | lines | step | wall s | rows/s | MB/s | peak driver MB | shuffle MB | status | ratio to crm-mining |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     crm = {(r["scale_lines"], r["step"]): float(r["wall_s"]) for r in summary if r["system"] == "crm-mining"}
@@ -313,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="runs per measurement (median reported)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds before a run counts as timeout")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a crm-mining setting for the benchmark runs (repeatable)")
     args = parser.parse_args(argv)
     WORK.mkdir(parents=True, exist_ok=True)
     steps = [s for s in args.steps.split(",") if s]
@@ -321,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     for scale in (int(float(s)) for s in args.scales.split(",")):
         data = ensure_data(scale, args.seed)
-        rows += bench_crm_mining(scale, data, steps, args.repeat, args.timeout)
+        rows += bench_crm_mining(scale, data, steps, args.repeat, args.timeout, args.overrides)
         for peer in peers:
             rows += bench_peer(peer, scale, data, args.repeat, args.timeout)
         write_results(rows, env, args)
