@@ -49,10 +49,10 @@ class PeakSampler(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.interval = pid, interval
         self.peak_jvm = self.peak_python = self.peak_total = 0.0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 root = psutil.Process(self.pid)
                 procs = [root, *root.children(recursive=True)]
@@ -72,10 +72,10 @@ class PeakSampler(threading.Thread):
             self.peak_jvm = max(self.peak_jvm, jvm)
             self.peak_python = max(self.peak_python, python)
             self.peak_total = max(self.peak_total, jvm + python)
-            self._stop.wait(self.interval)
+            self._halt.wait(self.interval)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=5)
 
 

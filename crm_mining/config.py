@@ -17,8 +17,9 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-#: Sections whose members are free-form maps (new names allowed, each checked on its own).
-OPEN_SECTIONS = ("sources",)
+#: Sections whose members are free-form maps (new names allowed, each checked on its own):
+#: source definitions, and Spark settings passed through as they are.
+OPEN_SECTIONS = ("sources", "spark.conf")
 
 
 class ConfigError(ValueError):
@@ -77,7 +78,7 @@ def _merge(base: dict, override: Mapping, *, origin: str, prefix: str = "", stri
     """Merge ``override`` into ``base`` (in place), checking keys and types against ``base``."""
     for key, value in override.items():
         dotted = f"{prefix}{key}"
-        open_section = prefix == "" and key in OPEN_SECTIONS
+        open_section = dotted in OPEN_SECTIONS
         if key not in base:
             if strict:
                 raise ConfigError(f"unknown configuration key '{dotted}' (in {origin})")

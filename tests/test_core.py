@@ -47,6 +47,15 @@ def test_source_definitions_are_merged_and_paths_checked(tmp_path):
         check_source_paths(cfg)
 
 
+def test_spark_conf_passes_any_spark_setting_through(tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("spark:\n  conf:\n    spark.eventLog.enabled: 'true'\n    spark.eventLog.dir: /tmp/events\n")
+    config = load_config(config_files=[str(extra)])
+    assert config.get("spark")["conf"] == {"spark.eventLog.enabled": "true", "spark.eventLog.dir": "/tmp/events"}
+    with pytest.raises(ConfigError, match="spark.confs"):
+        load_config(overrides=["spark.confs.x=1"])
+
+
 def test_parse_override_needs_equals():
     with pytest.raises(ConfigError, match="key.path=value"):
         parse_override("lake.root")
