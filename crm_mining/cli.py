@@ -90,11 +90,10 @@ def check_writable(config: Config) -> None:
 
 
 def check_before_spark(config: Config, steps: Sequence[str] | None) -> None:
-    """Fail fast on what needs no Spark: the PII key, the output locations and the input paths."""
+    """Fail fast on what needs no Spark: the PII key and the input paths."""
     from .pii import resolve_key
 
     resolve_key(key_env=config.get_path("pii.key_env"), demo=bool(config.get_path("run.demo")))
-    check_writable(config)
     if steps is None or "ingest" in steps:
         check_source_paths(config)
 
