@@ -121,10 +121,13 @@ def test_a_file_level_problem_stops_the_run_and_loses_nothing(spark, make_config
     run_pipeline(spark, cfg, steps=["ingest", "refine"])
     lake = _lake(spark, cfg)
     tables = ["bronze_online_retail", "silver_retail_lines", "quarantine_online_retail"]
-    before = {t: (lake.version(t), sorted(map(repr, lake.read(t).drop("_ingested_at").collect()))) for t in tables}
+
+    def state():
+        return {t: (lake.version(t), sorted(map(repr, lake.read(t).drop("_ingested_at").collect()))) for t in tables}
+
+    before = state()
 
     shutil.copy(BAD_INPUT / "file_level" / bad_file, retail / f"part-00001-{bad_file}")
     with pytest.raises(StepFailed, match=r"online_retail.*" + message):
         run_pipeline(spark, cfg, steps=["ingest", "refine"])
-    after = {t: (lake.version(t), sorted(map(repr, lake.read(t).drop("_ingested_at").collect()))) for t in tables}
-    assert after == before
+    assert state() == before
