@@ -158,7 +158,9 @@ def test_planted_segments_are_recovered(spark):
     from sklearn.metrics import adjusted_rand_score
 
     features = planted_features(spark, 2000).cache()
-    res = fit_segments(features, domain="retail", feature_cols=FEATURES, settings=settings(), seed=42,
+    # three starts per k, as shipped (segment.seeds): a single K-Means|| start can end in a local
+    # optimum (here: k=5 at cost 1312 against 421 for the best of three) and tilt the choice of k
+    res = fit_segments(features, domain="retail", feature_cols=FEATURES, settings=settings(seeds=3), seed=42,
                        value_col="net_spend")
     assert res.chosen.k == 5
     pairs = features.join(res.assignments, "customer_key").select("planted", "segment_id").toPandas()
@@ -170,7 +172,8 @@ def test_planted_segments_are_recovered(spark):
     # the planted champions (high spend, frequent, recent) carry those words in their name
     champion = pairs[pairs.planted == 0].segment_id.mode()[0]
     assert res.names[champion] == "high value · frequent · recent"
-    assert all(0.5 <= v <= 1.0 for v in res.stability.values())
+    # well-separated planted segments come back in every refit
+    assert all(0.9 <= v <= 1.0 for v in res.stability.values())
     res.prepared.unpersist()
     features.unpersist()
 
@@ -185,7 +188,7 @@ def test_other_algorithms_find_the_planted_segments(spark, algorithm):
 
     features = planted_features(spark, 800, seed=3)
     res = fit_segments(features, domain="retail", feature_cols=FEATURES, seed=1, value_col=None,
-                       settings=settings(algorithm=algorithm, k=5, seeds=1, stability_reseeds=0))
+                       settings=settings(algorithm=algorithm, k=5, seeds=3, stability_reseeds=0))
     pairs = features.join(res.assignments, "customer_key").select("planted", "segment_id").toPandas()
     assert adjusted_rand_score(pairs.planted, pairs.segment_id) >= 0.7
     res.prepared.unpersist()

@@ -265,17 +265,21 @@ def jaccard_best_match(crosstab: np.ndarray) -> np.ndarray:
     return jac.max(axis=1)
 
 
-def reseed_stability(data: DataFrame, model, *, algorithm: str, k: int, seeds: Sequence[int],
+def reseed_stability(data: DataFrame, model, *, algorithm: str, k: int, seeds: Sequence[int | Sequence[int]],
                      features_col: str = FEATURES_COL, **params) -> np.ndarray:
     """Mean best-match Jaccard of each cluster of ``model`` against refits with other seeds.
 
-    Only the k×k contingency table of each refit reaches the driver.
+    Each entry of ``seeds`` is one refit: a seed, or a group of seeds whose lowest-cost fit is
+    the refit. Refit the way ``model`` was fitted (the best of as many starts): single starts
+    land in local optima now and then, and the score would then measure the starts rather
+    than the segments. Only the k×k contingency table of each refit reaches the driver.
     """
     base = model.transform(data)
     scores = []
-    for seed in seeds:
-        other = clustering_estimator(algorithm, k=k, seed=seed, features_col=features_col,
-                                     prediction_col="_seg_reseed", **params).fit(data)
+    for group in seeds:
+        group = [group] if isinstance(group, int) else list(group)
+        other, _, _ = fit_best(data, algorithm=algorithm, k=k, seeds=group, features_col=features_col,
+                               prediction_col="_seg_reseed", **params)
         table = np.zeros((k, k))
         for row in other.transform(base).groupBy(CLUSTER_COL, "_seg_reseed").count().collect():
             table[int(row[CLUSTER_COL]), int(row["_seg_reseed"])] = row["count"]

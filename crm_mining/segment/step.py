@@ -214,7 +214,7 @@ def fit_segments(features: DataFrame, *, domain: str, feature_cols: Sequence[str
                                       threshold=float(naming.get("threshold", 0.5)),
                                       max_words=int(naming.get("max_words", 3))) for i in ids}
     names = unique_names(raw_names)
-    reseeds = [seed + 1000 + i for i in range(settings.stability_reseeds)]
+    reseeds = [[seed + 1000 + i * len(seeds) + j for j in range(len(seeds))] for i in range(settings.stability_reseeds)]
     jac = M.reseed_stability(prepared, cluster_model, algorithm=settings.algorithm, k=len(centers),
                              seeds=reseeds, **settings.fit_params()) if reseeds else np.full(len(centers), np.nan)
     stability = {ids[i]: float(jac[i]) for i in ids}
