@@ -112,10 +112,18 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
+#: Sections whose keys are whole dotted names (Spark settings): ``--set spark.conf.spark.a.b=1``
+#: sets the key ``spark.a.b`` of ``spark.conf``.
+FLAT_SECTIONS = ("spark.conf",)
+
+
 def _nest(key: str, value: Any) -> dict:
     out: dict = {}
     node = out
     parts = key.split(".")
+    for flat in FLAT_SECTIONS:
+        if key.startswith(flat + ".") and len(key) > len(flat) + 1:
+            parts = [*flat.split("."), key[len(flat) + 1:]]
     for part in parts[:-1]:
         node = node.setdefault(part, {})
     node[parts[-1]] = value

@@ -54,6 +54,11 @@ def test_spark_conf_passes_any_spark_setting_through(tmp_path):
     assert config.get("spark")["conf"] == {"spark.eventLog.enabled": "true", "spark.eventLog.dir": "/tmp/events"}
     with pytest.raises(ConfigError, match="spark.confs"):
         load_config(overrides=["spark.confs.x=1"])
+    # on the command line the Spark setting's own dots stay in its name
+    config = load_config(config_files=[str(extra)],
+                         overrides=["spark.conf.spark.driver.extraJavaOptions=-Xss64m -Dx=1"])
+    assert config.get("spark")["conf"] == {"spark.eventLog.enabled": "true", "spark.eventLog.dir": "/tmp/events",
+                                           "spark.driver.extraJavaOptions": "-Xss64m -Dx=1"}
 
 
 def test_parse_override_needs_equals():
