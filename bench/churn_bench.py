@@ -10,8 +10,10 @@ thinning out before it), written once to Parquet, then timed:
 
 Peak memory: the JVM's high-water resident set (VmHWM) and the Python driver's.
 
-    python bench/churn_bench.py --customers 100000
-    python bench/churn_bench.py --customers 1000000 --master local[2] --driver-memory 12g
+    python -m bench.churn_bench --customers 100000
+    python -m bench.churn_bench --customers 1000000 --master local[2] --driver-memory 12g
+
+The figures are added to ``bench/results`` (step ``churn_train_score``, scale = customers).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import datetime as dt
 import json
 import resource
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -123,6 +126,16 @@ def main() -> None:
         **{k: round(v, 1) for k, v in timings.items()}, **peak_memory_mb(spark),
     }
     print(json.dumps(report, indent=2))
+    from bench.run_bench import environment, merge_results
+
+    total = sum(timings.values())
+    merge_results([{
+        "system": "crm-mining", "scale_lines": args.customers, "step": "churn_train_score", "repeat": 1,
+        "wall_s": round(total, 1), "rows_in": report["lines"], "rows_per_s": round(report["lines"] / total),
+        "peak_driver_mb": report["jvm_peak_rss_mb"], "peak_python_mb": report["python_peak_rss_mb"], "status": "ok",
+        "note": "scale = customers; " + ", ".join(f"{k} {round(v)}" for k, v in timings.items())
+                + f"; out-of-time ROC-AUC {json.dumps(report['oot'])}",
+    }], env=environment(), command=f"python -m bench.churn_bench {' '.join(sys.argv[1:])}", args=vars(args))
     domain.release()
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)

@@ -294,9 +294,15 @@ def previous_results() -> list[dict]:
 
 
 def write_results(rows: list[dict], env: dict, args: argparse.Namespace) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
     command = f"python -m bench.run_bench {' '.join(sys.argv[1:])}"
-    fresh = [{**r, "command": command} for r in medians(rows)]
+    merge_results(medians(rows), env=env, command=command, args=vars(args))
+
+
+def merge_results(rows: list[dict], *, env: dict, command: str, args: dict) -> None:
+    """Add freshly measured rows to results.csv (replacing earlier ones of the same system,
+    scale and step) and rewrite results.md from it."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    fresh = [{**{f: "" for f in FIELDS}, **r, "command": command} for r in rows]
     measured = {(r["system"], r["scale_lines"], r["step"]) for r in fresh}
     kept = [r for r in previous_results() if (r["system"], r["scale_lines"], r["step"]) not in measured]
     summary = sorted(kept + fresh, key=lambda r: (r["scale_lines"], r["system"], r["step"]))
@@ -319,7 +325,7 @@ def write_results(rows: list[dict], env: dict, args: argparse.Namespace) -> None
         lines.append(f"| {r['system']} | {r['scale_lines']:,} | {r['step']} | {r['wall_s']} | {r['rows_per_s']} | "
                      f"{r['mb_per_s']} | {r['peak_driver_mb']} | {r['shuffle_mb']} | {r['status']} | {ratio} |")
     (RESULTS / "results.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "environment.json").write_text(json.dumps({**env, "args": vars(args)}, indent=2))
+    (RESULTS / "environment.json").write_text(json.dumps({**env, "args": args}, indent=2))
     print("\n".join(lines))
 
 
