@@ -227,6 +227,24 @@ def latest_step_runs(ops: DataFrame, *, exclude: Sequence[str] = ("report",)) ->
             .withColumn("_n", F.row_number().over(newest)).filter(F.col("_n") == 1).drop("_n"))
 
 
+def segment_choices(ops: DataFrame, *, as_of: dt.date | None = None) -> dict[str, dict[str, float]]:
+    """The chosen k and its silhouette per domain, from the latest succeeded segment step
+    (of ``as_of`` when given): ``{domain: {"k": ..., "silhouette": ...}}``.
+
+    The segment step records them as the metrics ``<domain>_k`` and ``<domain>_silhouette``.
+    """
+    runs = ops.filter((F.col("step") == "segment") & (F.col("status") == "succeeded"))
+    if as_of is not None:
+        runs = runs.filter(F.col("as_of_date") == F.lit(as_of))
+    latest = runs.orderBy(F.col("started_at").desc_nulls_last()).select("metrics").first()
+    out: dict[str, dict[str, float]] = {}
+    for name, value in ((latest and latest["metrics"]) or {}).items():
+        domain, _, what = name.rpartition("_")
+        if domain and what in ("k", "silhouette") and value is not None:
+            out.setdefault(domain, {})[what] = float(value)
+    return out
+
+
 def top_rules(rules: DataFrame, *, limit: int = 20) -> DataFrame:
     """The ``limit`` rules with the highest lift (then confidence), items joined as text."""
     def as_text(name: str):
@@ -613,11 +631,20 @@ class ReportBuilder:
                         title="Segments: share of customers and of value (per domain)", xlabel="share",
                         first_label="customers", second=second, second_label="value")
         self.metrics["segments"] = float(len(rows))
+        shown_as_of = self.shown.get("gold_segment_profiles", (None, None))[0]
+        choices = (segment_choices(self.lake.read(OPS_TABLE), as_of=shown_as_of)
+                   if self.lake.exists(OPS_TABLE) else {})
         parts = [_img(img, "segment sizes")]
         for domain in dict.fromkeys(r.get("domain") for r in rows):
             members = [r for r in rows if r.get("domain") == domain]
             if domain is not None:
                 parts.append(f"<h3>{html.escape(str(domain))}</h3>")
+            choice = choices.get(str(domain), {})
+            if "k" in choice:
+                score = choice.get("silhouette")
+                silhouette = f", silhouette {score:.3f}" if score is not None and score == score else ""  # NaN: none
+                parts.append(f"<p>k = {int(choice['k'])} segments chosen{silhouette}; the sweep over k is in "
+                             f"the MLflow run of the segment step.</p>")
             parts.append(html_table([profile_row(r) for r in members]))
         return Section("segments", "Segment profiles", "".join(parts))
 

@@ -113,6 +113,8 @@ def write_tables(spark, lake: Lake, *, churn_mlflow_run_id: str | None = None) -
                ("ingest", {"quarantine.online_retail.bad_price": 3.0,
                            "quarantine.online_retail.missing_invoice": 5.0}, None),
                ("refine", {}, None), ("value", {"customers": 60.0}, None),
+               ("segment", {"retail_k": 2.0, "retail_silhouette": 0.4321, "banking_k": 2.0,
+                            "banking_silhouette": float("nan")}, None),
                ("churn", {}, churn_mlflow_run_id)])]
     lake.merge(spark.createDataFrame(ops, OPS_SCHEMA), "ops_pipeline_runs", keys=["run_id", "step"])
     quarantine = [("1", "bad_price", "b1"), ("2", "bad_price", "b1"), ("3", "missing_invoice", "b1")]
@@ -213,6 +215,20 @@ def test_quarantine_counts_from_step_metrics(spark):
     assertDataFrameEqual(report.quarantine_from_metrics(ops), expected)
 
 
+def test_segment_choices_come_from_the_latest_segment_run_of_the_date(spark):
+    t0 = dt.datetime(2024, 3, 1, 6, 0)
+    ops = spark.createDataFrame(
+        [("segment", "succeeded", AS_OF, t0, {"retail_k": 4.0, "retail_silhouette": 0.3, "rows": 9.0}),
+         ("segment", "succeeded", AS_OF, t0 + dt.timedelta(hours=1), {"retail_k": 5.0, "retail_silhouette": 0.5}),
+         ("segment", "failed", AS_OF, t0 + dt.timedelta(hours=2), {"retail_k": 7.0}),
+         ("segment", "succeeded", OLD, t0 + dt.timedelta(hours=3), {"retail_k": 3.0}),
+         ("value", "succeeded", AS_OF, t0 + dt.timedelta(hours=4), {"retail_k": 9.0})],
+        "step string, status string, as_of_date date, started_at timestamp, metrics map<string,double>")
+    assert report.segment_choices(ops, as_of=AS_OF) == {"retail": {"k": 5.0, "silhouette": 0.5}}
+    assert report.segment_choices(ops) == {"retail": {"k": 3.0}}
+    assert report.segment_choices(ops.filter("step = 'value'")) == {}
+
+
 def test_latest_partition_picks_latest_date_and_run(spark):
     df = spark.createDataFrame([(1, OLD, "r9"), (2, AS_OF, "r1"), (3, AS_OF, "r2")],
                                "x int, as_of_date date, run_id string")
@@ -249,6 +265,8 @@ def test_report_has_every_section_with_its_plots(full_report):
     assert "bread, butter" in text and text.index("tea cup") < text.index("bread, butter")
     assert "missing_invoice" in text  # quarantine counts of the run's step metrics
     assert "mean monetary" in text and "mean balance_mean" in text and "savers" in text  # profiles per domain
+    # the segment step's choice of k per domain, from its recorded metrics
+    assert "k = 2 segments chosen, silhouette 0.432;" in text and "k = 2 segments chosen;" in text
     # The churn step's out-of-time gains, read from its MLflow run: 40 of 100 churners in decile 1.
     assert "<b>40%</b>of actual churners in the riskiest decile, out-of-time test (gbt, lift 4.0)" in text
 
