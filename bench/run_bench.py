@@ -136,7 +136,9 @@ def bench_config(data: Path, scale: int, run_dir: Path) -> Path:
         "lake": {"root": str(run_dir / "lake")},
         "report": {"out": str(run_dir / "reports")},
         "spark": {"driver_memory": "16g", "shuffle_partitions": 8 if scale <= 2_000_000 else 32,
-                  "conf": {"spark.eventLog.enabled": "true", "spark.eventLog.dir": events.as_uri()}},
+                  "conf": {"spark.eventLog.enabled": "true", "spark.eventLog.dir": events.as_uri(),
+                           # Spark 4 rolls and compresses event logs by default: one plain file to read
+                           "spark.eventLog.rolling.enabled": "false", "spark.eventLog.compress": "false"}},
         "sources": {
             "online_retail": {"enabled": True, "path": str(data / "retail")},
             "berka": {"enabled": True, "path": str(data / "berka")},
@@ -155,7 +157,9 @@ def shuffle_by_step(events_dir: Path) -> dict[str, float]:
     job_step: dict[int, str] = {}
     stage_step: dict[int, str] = {}
     totals: dict[str, float] = {}
-    for log in events_dir.glob("*"):
+    # One plain JSON-lines file per application (the bench settings turn rolling and
+    # compression off); anything else in the folder is skipped.
+    for log in (p for p in events_dir.rglob("*") if p.is_file() and p.suffix not in (".zstd", ".lz4", ".snappy")):
         with log.open(errors="replace") as fh:
             for line in fh:
                 if '"Event":"SparkListenerJobStart"' in line:
