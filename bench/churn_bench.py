@@ -21,6 +21,7 @@ import argparse
 import datetime as dt
 import json
 import resource
+import shlex
 import shutil
 import sys
 import tempfile
@@ -135,7 +136,7 @@ def main() -> None:
         "peak_driver_mb": report["jvm_peak_rss_mb"], "peak_python_mb": report["python_peak_rss_mb"], "status": "ok",
         "note": "scale = customers; " + ", ".join(f"{k} {round(v)}" for k, v in timings.items())
                 + f"; out-of-time ROC-AUC {json.dumps(report['oot'])}",
-    }], env=environment(), command=f"python -m bench.churn_bench {' '.join(sys.argv[1:])}", args=vars(args))
+    }], env=environment(), command="python -m bench.churn_bench " + shlex.join(sys.argv[1:]), args=vars(args))
     domain.release()
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)

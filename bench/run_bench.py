@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -298,7 +299,7 @@ def previous_results() -> list[dict]:
 
 
 def write_results(rows: list[dict], env: dict, args: argparse.Namespace) -> None:
-    command = f"python -m bench.run_bench {' '.join(sys.argv[1:])}"
+    command = "python -m bench.run_bench " + shlex.join(sys.argv[1:])
     merge_results(medians(rows), env=env, command=command, args=vars(args))
 
 

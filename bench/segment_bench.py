@@ -12,6 +12,7 @@ The figures are added to ``bench/results`` (step ``segment_k_sweep``, scale = cu
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import threading
 import time
@@ -128,7 +129,7 @@ def main() -> None:
         "peak_driver_mb": round(peak.jvm / 2**20), "peak_python_mb": round(peak.driver / 2**20), "status": "ok",
         "note": f"scale = customers; k {args.k_min}..{args.k_max}, {args.seeds} seeds per k, "
                 f"sweep {t_sweep - t_prep:.0f} s, chosen k={chosen.k}, ARI {ari:.3f}",
-    }], env=environment(), command=f"python -m bench.segment_bench {' '.join(sys.argv[1:])}", args=vars(args))
+    }], env=environment(), command="python -m bench.segment_bench " + shlex.join(sys.argv[1:]), args=vars(args))
 
 
 if __name__ == "__main__":
