@@ -21,9 +21,7 @@ import argparse
 import datetime as dt
 import json
 import resource
-import shlex
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -127,16 +125,16 @@ def main() -> None:
         **{k: round(v, 1) for k, v in timings.items()}, **peak_memory_mb(spark),
     }
     print(json.dumps(report, indent=2))
-    from bench.run_bench import environment, merge_results
+    from bench.run_bench import record_results
 
     total = sum(timings.values())
-    merge_results([{
+    record_results([{
         "system": "crm-mining", "scale_lines": args.customers, "step": "churn_train_score", "repeat": 1,
         "wall_s": round(total, 1), "rows_in": report["lines"], "rows_per_s": round(report["lines"] / total),
         "peak_driver_mb": report["jvm_peak_rss_mb"], "peak_python_mb": report["python_peak_rss_mb"], "status": "ok",
         "note": "scale = customers; " + ", ".join(f"{k} {round(v)}" for k, v in timings.items())
                 + f"; out-of-time ROC-AUC {json.dumps(report['oot'])}",
-    }], env=environment(), command="python -m bench.churn_bench " + shlex.join(sys.argv[1:]), args=vars(args))
+    }], module="bench.churn_bench", args=args)
     domain.release()
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)

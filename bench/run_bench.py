@@ -303,6 +303,13 @@ def write_results(rows: list[dict], env: dict, args: argparse.Namespace) -> None
     merge_results(medians(rows), env=env, command=command, args=vars(args))
 
 
+def record_results(rows: list[dict], *, module: str, args: argparse.Namespace) -> None:
+    """Merge the rows of a benchmark script run as ``python -m <module>`` into the results,
+    with the command line that measured them."""
+    merge_results(rows, env=environment(), command=f"python -m {module} " + shlex.join(sys.argv[1:]),
+                  args=vars(args))
+
+
 def merge_results(rows: list[dict], *, env: dict, command: str, args: dict) -> None:
     """Add freshly measured rows to results.csv (replacing earlier ones of the same system,
     scale and step) and rewrite results.md from it."""

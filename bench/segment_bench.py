@@ -12,8 +12,6 @@ The figures are added to ``bench/results`` (step ``segment_k_sweep``, scale = cu
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 import threading
 import time
 
@@ -121,15 +119,15 @@ def main() -> None:
           f"scoring+ARI {t_end - t_sweep:.1f}s, total {t_end - start:.1f}s")
     print(f"peak memory: driver (python) {peak.driver / 2**20:.0f} MiB, JVM {peak.jvm / 2**20:.0f} MiB")
     spark.stop()
-    from bench.run_bench import environment, merge_results
+    from bench.run_bench import record_results
 
-    merge_results([{
+    record_results([{
         "system": "crm-mining", "scale_lines": args.rows, "step": "segment_k_sweep", "repeat": 1,
         "wall_s": round(t_end - start, 1), "rows_in": args.rows, "rows_per_s": round(args.rows / (t_end - start)),
         "peak_driver_mb": round(peak.jvm / 2**20), "peak_python_mb": round(peak.driver / 2**20), "status": "ok",
         "note": f"scale = customers; k {args.k_min}..{args.k_max}, {args.seeds} seeds per k, "
                 f"sweep {t_sweep - t_prep:.0f} s, chosen k={chosen.k}, ARI {ari:.3f}",
-    }], env=environment(), command="python -m bench.segment_bench " + shlex.join(sys.argv[1:]), args=vars(args))
+    }], module="bench.segment_bench", args=args)
 
 
 if __name__ == "__main__":
