@@ -187,14 +187,25 @@ def ops_rows(lake_root: Path) -> list[dict]:
 
 
 def bench_crm_mining(scale: int, data: Path, steps: list[str], repeat: int, timeout: float,
-                     overrides: list[str] = ()) -> list[dict]:
+                     overrides: list[str] = (), reuse_lake: bool = False) -> list[dict]:
+    """Run the steps in a fresh JVM and return result rows: one per step and one ``all``.
+
+    With ``reuse_lake`` the lake of the last run of this scale is kept and only ``steps`` run
+    on it: each step is then measured alone, and its row carries the peak memory of the run
+    (no ``all`` row, which stays the one of the full run).
+    """
     rows = []
     input_mb = dir_mb(data / "retail") + dir_mb(data / "berka") + dir_mb(data / "link")
     for rep in range(repeat):
-        run_dir = WORK / f"run_{scale}_{rep}"
-        if run_dir.exists():
+        run_dir = WORK / f"run_{scale}_{0 if reuse_lake else rep}"
+        if reuse_lake and not (run_dir / "lake").is_dir():
+            raise SystemExit(f"--reuse-lake: no lake of an earlier run at {run_dir / 'lake'}; "
+                             "run the steps before these first")
+        if run_dir.exists() and not reuse_lake:
             shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for old_events in (run_dir / "events").glob("*") if reuse_lake else []:
+            old_events.unlink()
         config = bench_config(data, scale, run_dir)
         env = {**os.environ, "CRM_PII_KEY": "benchmark-key"}
         cmd = [sys.executable, "-m", "crm_mining.cli", "run", "--config", str(config),
@@ -203,6 +214,8 @@ def bench_crm_mining(scale: int, data: Path, steps: list[str], repeat: int, time
         result = run_measured(cmd, timeout=timeout, env=env, log=run_dir / "run.log")
         shuffle = shuffle_by_step(run_dir / "events")
         per_step = ops_rows(run_dir / "lake") if (run_dir / "lake" / "ops_pipeline_runs").exists() else []
+        if reuse_lake and per_step:  # the records of this run only
+            per_step = [r for r in per_step if r["run_id"] == per_step[-1]["run_id"]]
         for rec in per_step:
             rows_in = int(rec.get("rows_in") or 0)
             dur = float(rec.get("duration_s") or 0.0)
@@ -213,6 +226,17 @@ def bench_crm_mining(scale: int, data: Path, steps: list[str], repeat: int, time
                          "input_mb": round(input_mb, 1), "peak_driver_mb": "", "peak_python_mb": "",
                          "peak_executor_mb": "", "shuffle_mb": round(shuffle.get(rec["step"], 0.0), 1),
                          "status": "ok" if rec["status"] == "succeeded" else "error", "note": ""})
+        if reuse_lake:
+            if len(per_step) == 1:
+                rows[-1].update(peak_driver_mb=round(result["peak_jvm_mb"]),
+                                peak_python_mb=round(result["peak_python_mb"]),
+                                peak_executor_mb=round(result["peak_jvm_mb"]),
+                                note=f"measured alone on the lake of the earlier run"
+                                     f"{' with ' + ' '.join(overrides) if overrides else ''}; "
+                                     f"{result['wall_s']:.0f} s with JVM start-up; local mode")
+            if result["status"] != "ok":
+                print(result["log_tail"][-2000:], flush=True)
+            continue
         ingest_refine = sum(float(r["wall_s"]) for r in rows[-len(per_step):] if r["step"] in ("ingest", "refine")) \
             if per_step else 0.0
         rows.append({"system": "crm-mining", "scale_lines": scale, "step": "all", "repeat": rep,
@@ -351,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="runs per measurement (median reported)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds before a run counts as timeout")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--reuse-lake", action="store_true",
+                        help="run --steps on the lake of the last run of each scale (a step measured alone)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a crm-mining setting for the benchmark runs (repeatable)")
     args = parser.parse_args(argv)
@@ -361,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     for scale in (int(float(s)) for s in args.scales.split(",")):
         data = ensure_data(scale, args.seed)
-        rows += bench_crm_mining(scale, data, steps, args.repeat, args.timeout, args.overrides)
+        rows += bench_crm_mining(scale, data, steps, args.repeat, args.timeout, args.overrides, args.reuse_lake)
         for peer in peers:
             rows += bench_peer(peer, scale, data, args.repeat, args.timeout)
         write_results(rows, env, args)
