@@ -226,6 +226,10 @@ class Lake:
         return self._commit(name, lambda: self._writer(df, "overwrite", partition_by)
                             .option("overwriteSchema", "true").save(self.path(name)))
 
+    def append(self, df: DataFrame, name: str) -> int:
+        """Add rows (a blind append: one cheap commit, never a conflict); returns the version."""
+        return self._commit(name, lambda: self._writer(df, "append").save(self.path(name)))
+
     def replace_partition(
         self, df: DataFrame, name: str, *, as_of_date: dt.date | str, column: str = "as_of_date"
     ) -> int:

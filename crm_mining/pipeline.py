@@ -92,6 +92,8 @@ class StepContext:
     config: Config
     lake: Lake
     run_id: str
+    #: steps of this run that already have a row in ``ops_pipeline_runs`` (a resumed run's)
+    recorded: set[str] = dataclasses.field(default_factory=set)
     _as_of: dt.date | None = None
 
     @property
@@ -166,13 +168,20 @@ def _ops_row(spark: SparkSession, record: dict[str, Any]) -> DataFrame:
     return spark.createDataFrame([tuple(values.values())], OPS_SCHEMA)
 
 
-def record_step(lake: Lake, record: dict[str, Any]) -> None:
-    """Upsert one step run into ``ops_pipeline_runs`` (keyed by run id and step)."""
-    lake.merge(_ops_row(lake.spark, record), OPS_TABLE, keys=["run_id", "step"])
+def record_step(lake: Lake, record: dict[str, Any], *, new: bool = False) -> None:
+    """Upsert one step run into ``ops_pipeline_runs`` (keyed by run id and step).
+
+    ``new=True`` says the run has no row for the step yet: the row is appended, a commit
+    a few times cheaper than a merge (the merge scans and rewrites the table's files).
+    """
+    if new:
+        lake.append(_ops_row(lake.spark, record), OPS_TABLE)
+    else:
+        lake.merge(_ops_row(lake.spark, record), OPS_TABLE, keys=["run_id", "step"])
 
 
-def unfinished_run(lake: Lake, steps: Sequence[str] = ()) -> tuple[str, str | None, list[str]] | None:
-    """The latest run, unless it finished: (run id, as-of date, succeeded steps).
+def unfinished_run(lake: Lake, steps: Sequence[str] = ()) -> tuple[str, str | None, list[str], list[str]] | None:
+    """The latest run, unless it finished: (run id, as-of date, succeeded steps, recorded steps).
 
     A run is unfinished when one of its recorded steps did not succeed, or when one of
     ``steps`` (those the resuming command asks for) never started: a job killed between two
@@ -189,7 +198,7 @@ def unfinished_run(lake: Lake, steps: Sequence[str] = ()) -> tuple[str, str | No
     if len(done) == len(rows) and set(steps) <= set(done):
         return None
     as_of = next((r["as_of_date"] for r in rows if r["as_of_date"] is not None), None)
-    return latest[0], (as_of.isoformat() if as_of else None), done
+    return latest[0], (as_of.isoformat() if as_of else None), done, [r["step"] for r in rows]
 
 
 def _new_run_id() -> str:
@@ -213,18 +222,18 @@ def run_pipeline(
     lake = Lake(spark, root=config.get_path("lake.root"), database=config.get_path("lake.database"))
     lake.register_all()
     chosen = resolve_steps(steps, config)
-    run_id, done, resumed = _new_run_id(), [], False
+    run_id, done, recorded, resumed = _new_run_id(), [], [], False
     if resume:
         previous = unfinished_run(lake, chosen)
         if previous is None:
             log.info("resume: no unfinished run found; starting a new run")
         else:
-            run_id, as_of, done = previous
+            run_id, as_of, done, recorded = previous
             resumed = True
             if as_of and not config.get_path("run.as_of"):
                 config["run"]["as_of"] = as_of
             log.info("resume: run %s, skipping finished steps %s", run_id, done)
-    ctx = StepContext(spark=spark, config=config, lake=lake, run_id=run_id)
+    ctx = StepContext(spark=spark, config=config, lake=lake, run_id=run_id, recorded=set(recorded))
     tracking.setup(config)
     tags = {"crm.run_id": run_id, "crm.config_hash": config.hash}
     parent_id = _parent_mlflow_id(run_id) if resumed else None
@@ -270,7 +279,8 @@ def run_step(ctx: StepContext, step: str) -> StepResult:
     }
     with tracking.run(step, nested=True, tags={"crm.run_id": ctx.run_id, "crm.step": step}) as child:
         record["mlflow_run_id"] = child.info.run_id
-        record_step(ctx.lake, record)
+        record_step(ctx.lake, record, new=step not in ctx.recorded)
+        ctx.recorded.add(step)
         try:
             result = func(ctx)
         except Exception as exc:  # recorded, then re-raised with the step named

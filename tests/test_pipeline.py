@@ -73,6 +73,9 @@ def test_failure_names_the_step_and_resume_finishes(spark, make_config, fake_ste
     assert CALLS == ["second"]
     gold = spark.read.format("delta").load(f"{cfg['lake']['root']}/gold_demo")
     assert gold.count() == 3  # nothing duplicated
+    # one row per step run: the failed row became the succeeded one
+    ops = spark.read.format("delta").load(f"{cfg['lake']['root']}/ops_pipeline_runs").filter(F.col("run_id") == run_id)
+    assert sorted((r["step"], r["status"]) for r in ops.collect()) == [("first", "succeeded"), ("second", "succeeded")]
 
 
 def test_resume_after_a_kill_between_steps_runs_the_steps_not_started(spark, make_config, fake_steps):
