@@ -3,7 +3,7 @@
 For every enabled source and each of its tables (:func:`crm_mining.sources.source_tables`),
 each file is one batch: its batch id is the SHA-256 of its bytes, so ingesting the same file
 again adds nothing (:meth:`crm_mining.lake.Lake.append_batch`; a file whose batch is already
-committed is not even read). A missing file, or a column mapping that names a column absent
+committed is not parsed or written again). A missing file, or a column mapping that names a column absent
 from a file's header, stops the step before anything is written, with the source, file and
 column named.
 
@@ -63,18 +63,18 @@ def ingest_table(ctx: StepContext, table: TableSource, *, ingested_at: dt.dateti
             min_bytes=int(settings["split_min_mb"] * (1 << 20)), max_bytes=int(settings["split_max_mb"] * (1 << 20)))
         batch_id, first_lines = fingerprint(path, split_bytes=split)
         counts["files"] += 1
-        if lake.has_batch(table.bronze_table, batch_id):
-            log.info("[ingest] %s: %s already ingested (batch %s), skipped", table.bronze_table, path, batch_id[:12])
-            counts["files_skipped"] += 1
-            continue
         header = read_header(path, table.read)
         df = read_delimited(spark, path, header=header, read=table.read, first_lines=first_lines,
-                            batch_id=batch_id, ingested_at=ingested_at)
+                            batch_id=batch_id, ingested_at=ingested_at)  # lazy: nothing read yet
         if columns is not None and df.columns != columns:
             raise SourceError(f"source '{table.source}', file {path}: columns {df.columns} differ from "
                               f"those of {table.bronze_table} {columns}")
         with pinned_splits(spark, split):
-            lake.append_batch(df, table.bronze_table, batch_id=batch_id)
+            written = lake.append_batch(df, table.bronze_table, batch_id=batch_id)
+        if written is None:  # append_batch found the batch committed and wrote nothing
+            log.info("[ingest] %s: %s already ingested (batch %s), skipped", table.bronze_table, path, batch_id[:12])
+            counts["files_skipped"] += 1
+            continue
         columns = df.columns
         rows = _written_rows(lake, table.bronze_table)
         counts["rows"] += rows
