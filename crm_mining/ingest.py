@@ -3,9 +3,9 @@
 For every enabled source and each of its tables (:func:`crm_mining.sources.source_tables`),
 each file is one batch: its batch id is the SHA-256 of its bytes, so ingesting the same file
 again adds nothing (:meth:`crm_mining.lake.Lake.append_batch`; a file whose batch is already
-committed is not parsed or written again). A missing file, or a column mapping that names a column absent
-from a file's header, stops the step before anything is written, with the source, file and
-column named.
+committed is not parsed or written again). A missing file, or a column mapping that names a
+column absent from a file's header, stops the step before anything is written, with the
+source, file and column named.
 
 Bronze tables: ``bronze_<source>`` for a single-table source, ``bronze_<source>_<table>``
 otherwise; columns: the raw columns as strings (names made Delta-safe by

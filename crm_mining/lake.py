@@ -227,7 +227,8 @@ class Lake:
                             .option("overwriteSchema", "true").save(self.path(name)))
 
     def append(self, df: DataFrame, name: str) -> int:
-        """Add rows (a blind append: one cheap commit, never a conflict); returns the version."""
+        """Add rows: a blind append, one cheap commit that concurrent appends do not conflict
+        with. Returns the version."""
         return self._commit(name, lambda: self._writer(df, "append").save(self.path(name)))
 
     def replace_partition(

@@ -26,8 +26,9 @@ AS_OF = "2011-12-10"
 CUSTOMERS = 300
 DELTA = "io.delta:delta-spark_4.2_2.13:4.4.0"
 
-# About 25 minutes on 2 cores: the reference run, eight killed and resumed runs, an in-process
-# rerun and two concurrent runs of one step. CRM_E2E=0 skips it (for a quick local run of the other slow tests).
+# About 35 minutes on 2 cores: the reference run, eight killed and resumed runs, an in-process
+# rerun and two concurrent runs of one step. CRM_E2E=0 skips it (for a quick local run of the
+# other slow tests).
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(os.environ.get("CRM_E2E") == "0", reason="end-to-end suite switched off (CRM_E2E=0)"),
@@ -291,8 +292,8 @@ def test_second_identical_run_changes_no_table_contents(spark, submitted, demo_d
     """Rerunning every step with the same inputs, as-of date and seed leaves the same rows.
 
     The rerun goes through the same command line in this process, on the test session (the
-    same master and shuffle partitions as the submitted run): a warm JVM, so it costs far
-    less than a fresh one, and a session that is not the one which wrote the tables.
+    same master and shuffle partitions as the submitted run): no JVM to start, and a session
+    other than the one which wrote the tables.
     """
     from crm_mining.cli import main
 
