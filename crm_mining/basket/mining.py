@@ -216,13 +216,18 @@ def frequent_itemsets(plan: MiningPlan, *, items_col: str = "items", num_partiti
     Returns ``items`` (sorted array<string>) and ``count`` (baskets holding them). FP-Growth
     sees only the non-empty pruned baskets, so its minimum support is set to give exactly
     ``plan.min_count``; supports are taken against all ``plan.baskets`` later.
+
+    ``num_partitions`` is the number of FP-trees FP-Growth builds and mines (None: one per core,
+    ``defaultParallelism``). Each basket is copied once into every partition its items fall
+    in, so partitions beyond the cores only multiply that work: on 1.25M generated baskets at
+    min support 0.005, 2 partitions mined in 246 s, 4 in 346 s and the input's 32 in 421 s.
     """
     data = plan.pruned.select(items_col)
     mined = data.count()
+    spark = plan.pruned.sparkSession
     if mined == 0:
-        return plan.pruned.sparkSession.createDataFrame([], "items array<string>, count long")
+        return spark.createDataFrame([], "items array<string>, count long")
     fp = FPGrowth(itemsCol=items_col, minSupport=(plan.min_count - 0.5) / mined, minConfidence=1.0)
-    if num_partitions:
-        fp = fp.setNumPartitions(int(num_partitions))
+    fp = fp.setNumPartitions(int(num_partitions or spark.sparkContext.defaultParallelism))
     model = fp.fit(data)
     return model.freqItemsets.select(F.array_sort("items").alias("items"), F.col("freq").alias("count"))
