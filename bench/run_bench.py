@@ -29,6 +29,8 @@ from pathlib import Path
 
 import psutil
 
+from bench.peers.common import DEFAULT_MIN_SUPPORT
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 WORK = HERE / "work"
@@ -295,7 +297,7 @@ def bench_peer(name: str, scale: int, data: Path, repeat: int, timeout: float,
                      "input_mb": round(input_mb, 1), "peak_driver_mb": round(result["peak_total_mb"]),
                      "peak_python_mb": round(result["peak_python_mb"]), "peak_executor_mb": "",
                      "shuffle_mb": "", "status": result["status"],
-                     "note": f"single process; FP-Growth min support {min_support or 0.01}"})
+                     "note": f"single process; FP-Growth min support {min_support or DEFAULT_MIN_SUPPORT}"})
     return rows
 
 

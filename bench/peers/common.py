@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import Iterator
 
 NON_PRODUCT_CODES = ["POST", "D", "M", "DOT", "BANK CHARGES", "AMAZONFEE", "CRUK", "C2", "PADS", "S", "B"]
+#: FP-Growth minimum support of the peers unless the harness passes another.
+DEFAULT_MIN_SUPPORT = 0.01
 COLUMNS = ["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country"]
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", required=True, help="generated data directory (with retail/)")
-    parser.add_argument("--min-support", type=float, default=0.01)
+    parser.add_argument("--min-support", type=float, default=DEFAULT_MIN_SUPPORT)
     return parser.parse_args()
 
 
