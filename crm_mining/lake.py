@@ -111,6 +111,8 @@ class Lake:
         self.spark = spark
         self.root = root if "://" in str(root) else os.path.abspath(str(root))
         self.database = _check_name(database)
+        #: table name → (version, operation metrics) of the last commit made through this object.
+        self._last_commit: dict[str, tuple[int, dict[str, str]]] = {}
 
     # -- locations and catalog ---------------------------------------------------------
     def path(self, name: str) -> str:
@@ -198,7 +200,41 @@ class Lake:
 
     def _finish(self, name: str) -> int:
         self.register(name)
-        return int(self.version(name))
+        # One history(1) call gives the new version and the commit's own row counts, so callers
+        # need not read a version they have just written (each read of a new version makes Delta
+        # rebuild its state, several Spark jobs even for a small table).
+        row = DeltaTable.forPath(self.spark, self.path(name)).history(1).select("version", "operationMetrics").first()
+        self._last_commit[name] = (int(row["version"]), dict(row["operationMetrics"] or {}))
+        return int(row["version"])
+
+    def rows_written(self, name: str) -> int:
+        """Rows that the last write to ``name`` through this lake committed, from the commit's
+        metrics (no scan of the table).
+
+        For :meth:`overwrite`, :meth:`replace_partition`, :meth:`append` and
+        :meth:`append_batch` that is the number of rows given; a :meth:`merge` counts the
+        unchanged rows it rewrote as well.
+
+        Raises
+        ------
+        LookupError
+            if no write to ``name`` has been committed through this object, or the commit
+            recorded no row count.
+
+        Examples
+        --------
+        >>> lake.overwrite(spark.range(3), "example")
+        0
+        >>> lake.rows_written("example")
+        3
+        """
+        if name not in self._last_commit:
+            raise LookupError(f"no write to table {self.qualified(name)} has been committed through this lake")
+        version, metrics = self._last_commit[name]
+        if "numOutputRows" not in metrics:
+            raise LookupError(f"the commit of version {version} of {self.qualified(name)} recorded no row count "
+                              f"(spark.databricks.delta.history.metricsEnabled off?)")
+        return int(metrics["numOutputRows"])
 
     def _commit(self, name: str, write: Callable[[], None]) -> int:
         """Run one idempotent write, retrying it when a concurrent commit to ``name`` wins."""
@@ -274,6 +310,7 @@ class Lake:
 
         version = self._commit(name, write)
         if committed_elsewhere:
+            self._last_commit.pop(name, None)  # the latest commit is not this write's
             log.info("%s: batch %s already committed, nothing added", name, batch_id)
             return None
         return version

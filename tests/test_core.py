@@ -96,6 +96,24 @@ def test_append_batch_adds_a_batch_once(spark, lake):
     assert lake.read("bronze_t").count() == 2
 
 
+def test_rows_written_is_the_commits_own_row_count(spark, lake):
+    d1, d2 = dt.date(2024, 1, 1), dt.date(2024, 2, 1)
+    with pytest.raises(LookupError, match="gold_w"):
+        lake.rows_written("gold_w")
+    lake.replace_partition(spark.createDataFrame([("a", 1, d1), ("b", 2, d1)], SCHEMA), "gold_w", as_of_date=d1)
+    lake.replace_partition(spark.createDataFrame([("c", 3, d2)], SCHEMA), "gold_w", as_of_date=d2)
+    assert lake.rows_written("gold_w") == 1  # this commit's rows, not the table's 3
+    assert lake.read("gold_w").count() == 3
+    lake.overwrite(spark.createDataFrame([], SCHEMA), "gold_w")
+    assert lake.rows_written("gold_w") == 0
+    schema = T.StructType([T.StructField("x", T.LongType()), T.StructField("_batch_id", T.StringType())])
+    lake.append_batch(spark.createDataFrame([(1, "b1"), (2, "b1")], schema), "bronze_w", batch_id="b1")
+    assert lake.rows_written("bronze_w") == 2
+    lake.append_batch(spark.createDataFrame([(1, "b1")], schema), "bronze_w", batch_id="b1")
+    with pytest.raises(LookupError):  # nothing was written: no count to report
+        lake.rows_written("bronze_w")
+
+
 def test_merge_upserts_on_keys(spark, lake):
     lake.merge(spark.createDataFrame([("a", 1, None), ("b", 2, None)], SCHEMA), "t", keys=["k"])
     version = lake.merge(spark.createDataFrame([("b", 20, None), ("c", 3, None)], SCHEMA), "t", keys=["k"])
