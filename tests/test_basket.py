@@ -265,6 +265,7 @@ def test_step_writes_rules_and_recommendations(spark, synth_dir, make_config):
     assert bank.count() == 0  # every monthly customer already holds the gold card
     ops = lake.read("ops_pipeline_runs").filter(F.col("step") == "basket").first()
     assert ops.status == "succeeded" and ops.metrics["evaluation.customers"] > 0
+    assert ops.metrics["recommendations"] == recs.count() and ops.rows_out == rules.count()
 
 
 # --------------------------------------------------------------------------- UCI Online Retail

@@ -281,6 +281,8 @@ def test_step_on_planted_churners(spark, make_config, planted):
     assert auc >= 0.8 and capture_ratio >= 2.5
     high = frame[frame.risk_tier == "high"]
     assert 0.08 <= len(high) / len(frame) <= 0.12
+    ops = lake.read("ops_pipeline_runs").filter(F.col("step") == "churn").first()
+    assert ops.rows_out == scores.count()
     champion = MlflowClient().get_model_version_by_alias(f"{cfg.get_path('tracking.registry_prefix')}-churn-retail",
                                                          "champion")
     assert scores.select("model_version").distinct().first()[0] == str(champion.version)

@@ -232,6 +232,7 @@ def test_step_is_deterministic_aligns_ids_and_logs_a_usable_model(spark, make_co
 
     run_pipeline(spark, cfg, steps=["segment"])
     first = assignments("2024-01-01")
+    assert lake.read("ops_pipeline_runs").filter(F.col("step") == "segment").first().rows_out == len(first) == 1000
     run_pipeline(spark, config("2024-01-01", 42, "false"), steps=["segment"])
     second = assignments("2024-01-01")
     assert first.equals(second)

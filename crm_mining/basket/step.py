@@ -210,7 +210,7 @@ def run(ctx: StepContext) -> StepResult:
     table = lake.read(RULES_TABLE).filter(F.col("as_of_date") == F.lit(as_of)).drop("run_id").toPandas()
     _log_rule_table(table)
     result.rows_out = len(table)
-    result.metrics["recommendations"] = lake.read(RECOMMENDATIONS_TABLE).filter(F.col("as_of_date") == F.lit(as_of)).count()
+    result.metrics["recommendations"] = lake.rows_written(RECOMMENDATIONS_TABLE)
     for frame in rules_out:
         frame.unpersist()
     return result

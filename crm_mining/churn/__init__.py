@@ -322,5 +322,4 @@ def _write_scores(ctx: StepContext, scored: list[DataFrame], result: StepResult)
         out = out.unionByName(more)
     version = ctx.lake.replace_partition(ctx.stamp(out), OUTPUT_TABLE, as_of_date=ctx.as_of)
     result.outputs[OUTPUT_TABLE] = version
-    result.rows_out = ctx.lake.read(OUTPUT_TABLE, version=version).filter(
-        F.col("as_of_date") == F.lit(ctx.as_of)).count()
+    result.rows_out = ctx.lake.rows_written(OUTPUT_TABLE)

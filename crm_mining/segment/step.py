@@ -358,7 +358,7 @@ def run(ctx: StepContext) -> StepResult:
             before = lake.read(ASSIGNMENTS).filter(F.col("as_of_date") == F.lit(prev_assign))
             migration = segment_migration(before, current, from_as_of=prev_assign, to_as_of=as_of)
             outputs[MIGRATION] = lake.replace_partition(ctx.stamp(migration), MIGRATION, as_of_date=as_of)
-        rows_out = lake.read(ASSIGNMENTS).filter(F.col("as_of_date") == F.lit(as_of)).count()
+        rows_out = lake.rows_written(ASSIGNMENTS)
         if mlflow.active_run() is not None:
             profile_rows = lake.read(PROFILES).filter(F.col("as_of_date") == F.lit(as_of)).drop("as_of_date", "run_id")
             mlflow.log_dict({"profiles": _profiles_for_log(profile_rows.orderBy("domain", "segment_id").collect())},
