@@ -4,8 +4,9 @@ For each scale (retail lines) the generator writes the data once (cached under
 ``bench/work``); then crm-mining runs the chosen steps in a fresh JVM through its own CLI,
 and each peer runs the same workload in its own process. A sampler records the peak resident
 memory of each process tree (the Python driver and the JVM apart). Per-step times and row
-counts come from ``ops_pipeline_runs``; shuffle volume per step from the Spark event log
-(jobs carry the step in their description). Results go to ``bench/results/results.csv`` and
+counts come from ``ops_pipeline_runs``; shuffle volume and the number of Spark jobs per step
+from the Spark event log (jobs carry the step in their description): on small data the job
+count, not the data, sets a step's time. Results go to ``bench/results/results.csv`` and
 ``results.md`` with the machine, versions and settings.
 
     python -m bench.run_bench --scales 1000000,10000000 --repeat 3
@@ -45,7 +46,7 @@ PEER_WORKLOAD = {"basket", "segment", "value", "churn"}
 
 FIELDS = ["system", "scale_lines", "step", "repeat", "wall_s", "rows_in", "rows_per_s", "mb_per_s",
           "input_mb", "peak_driver_mb", "peak_python_mb", "peak_executor_mb", "shuffle_mb", "status", "note",
-          "command"]
+          "command", "spark_jobs"]
 
 
 class PeakSampler(threading.Thread):
@@ -158,11 +159,12 @@ def bench_config(data: Path, scale: int, run_dir: Path) -> Path:
     return path
 
 
-def shuffle_by_step(events_dir: Path) -> dict[str, float]:
-    """Shuffle bytes written per step (MB), read from the Spark event log."""
+def events_by_step(events_dir: Path) -> tuple[dict[str, float], dict[str, int]]:
+    """Shuffle bytes written (MB) and Spark jobs started, per step, from the Spark event log."""
     job_step: dict[int, str] = {}
     stage_step: dict[int, str] = {}
     totals: dict[str, float] = {}
+    jobs: dict[str, int] = {}
     # One plain JSON-lines file per application (the bench settings turn rolling and
     # compression off); anything else in the folder is skipped.
     for log in (p for p in events_dir.rglob("*") if p.is_file() and p.suffix not in (".zstd", ".lz4", ".snappy")):
@@ -173,6 +175,7 @@ def shuffle_by_step(events_dir: Path) -> dict[str, float]:
                     desc = (event.get("Properties") or {}).get("spark.job.description") or ""
                     step = desc.replace("crm-mining ", "") if desc.startswith("crm-mining ") else "other"
                     job_step[event["Job ID"]] = step
+                    jobs[step] = jobs.get(step, 0) + 1
                     for stage in event.get("Stage IDs", []):
                         stage_step[stage] = step
                 elif '"Event":"SparkListenerTaskEnd"' in line:
@@ -180,7 +183,7 @@ def shuffle_by_step(events_dir: Path) -> dict[str, float]:
                     metrics = (event.get("Task Metrics") or {}).get("Shuffle Write Metrics") or {}
                     step = stage_step.get(event.get("Stage ID"), "other")
                     totals[step] = totals.get(step, 0.0) + metrics.get("Shuffle Bytes Written", 0) / 2**20
-    return totals
+    return totals, jobs
 
 
 def ops_rows(lake_root: Path) -> list[dict]:
@@ -217,7 +220,7 @@ def bench_crm_mining(scale: int, data: Path, steps: list[str], repeat: int, time
                "--steps", ",".join(steps), *[a for o in overrides for a in ("--set", o)]]
         print(f"crm-mining {scale:,} lines, repeat {rep + 1}/{repeat}: {' '.join(steps)}", flush=True)
         result = run_measured(cmd, timeout=timeout, env=env, log=run_dir / "run.log")
-        shuffle = shuffle_by_step(run_dir / "events")
+        shuffle, jobs = events_by_step(run_dir / "events")
         per_step = ops_rows(run_dir / "lake") if (run_dir / "lake" / "ops_pipeline_runs").exists() else []
         if reuse_lake and per_step:  # the records of this run only
             per_step = [r for r in per_step if r["run_id"] == per_step[-1]["run_id"]]
@@ -230,6 +233,7 @@ def bench_crm_mining(scale: int, data: Path, steps: list[str], repeat: int, time
                          "mb_per_s": round(input_mb / dur, 1) if rec["step"] == "ingest" and dur else "",
                          "input_mb": round(input_mb, 1), "peak_driver_mb": "", "peak_python_mb": "",
                          "peak_executor_mb": "", "shuffle_mb": round(shuffle.get(rec["step"], 0.0), 1),
+                         "spark_jobs": jobs.get(rec["step"], 0),
                          "status": "ok" if rec["status"] == "succeeded" else "error", "note": ""})
         if reuse_lake:
             if len(per_step) == 1:
@@ -251,7 +255,8 @@ def bench_crm_mining(scale: int, data: Path, steps: list[str], repeat: int, time
                      "input_mb": round(input_mb, 1), "peak_driver_mb": round(result["peak_jvm_mb"]),
                      "peak_python_mb": round(result["peak_python_mb"]),
                      "peak_executor_mb": round(result["peak_jvm_mb"]),
-                     "shuffle_mb": round(sum(shuffle.values()), 1), "status": result["status"],
+                     "shuffle_mb": round(sum(shuffle.values()), 1), "spark_jobs": sum(jobs.values()),
+                     "status": result["status"],
                      "note": f"steps {'+'.join(steps)}{' with ' + ' '.join(overrides) if overrides else ''}; "
                              "wall includes JVM start-up; mb_per_s = raw input / (ingest + refine); "
                              "local mode: executors run in the driver JVM"})
@@ -369,8 +374,9 @@ def merge_results(rows: list[dict], *, env: dict, command: str, args: dict) -> N
              f"PySpark {env['pyspark']}, {env['java']}.",
              "Each row was measured by the command in the CSV's `command` column (latest: "
              f"`{command}`); `note` says which steps and settings the `all` row covers.", "",
-             "| system | lines | step | wall s | rows/s | MB/s | peak driver MB | shuffle MB | status | ratio to crm-mining |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| system | lines | step | wall s | rows/s | MB/s | peak driver MB | shuffle MB | Spark jobs | status "
+             "| ratio to crm-mining |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     crm = {(r["scale_lines"], r["step"]): float(r["wall_s"]) for r in summary if r["system"] == "crm-mining"}
     steps_of = {}
     for r in summary:
@@ -385,7 +391,8 @@ def merge_results(rows: list[dict], *, env: dict, command: str, args: dict) -> N
                 and comparable:
             ratio = f"{crm[(r['scale_lines'], r['step'])] / float(r['wall_s']):.2f}x"
         lines.append(f"| {r['system']} | {r['scale_lines']:,} | {r['step']} | {r['wall_s']} | {r['rows_per_s']} | "
-                     f"{r['mb_per_s']} | {r['peak_driver_mb']} | {r['shuffle_mb']} | {r['status']} | {ratio} |")
+                     f"{r['mb_per_s']} | {r['peak_driver_mb']} | {r['shuffle_mb']} | {r.get('spark_jobs', '')} | "
+                     f"{r['status']} | {ratio} |")
     (RESULTS / "results.md").write_text("\n".join(lines) + "\n")
     (RESULTS / "environment.json").write_text(json.dumps({**env, "args": args}, indent=2))
     print("\n".join(lines))
