@@ -198,6 +198,16 @@ def test_a_domain_without_both_classes_is_not_trained(spark):
                                                                   test_cutoff=test)
 
 
+def test_train_settings_are_checked():
+    assert train.TrainSettings.from_config({"search_parallelism": 1}, seed=3).search_parallelism == 1
+    assert train.TrainSettings.from_config({}, seed=3).seed == 3
+    for bad in (0, 1.5, "2"):
+        with pytest.raises(ValueError, match="churn.search_parallelism"):
+            train.TrainSettings.from_config({"search_parallelism": bad}, seed=3)
+    with pytest.raises(ValueError, match="churn.train_ratio"):
+        train.TrainSettings.from_config({"train_ratio": 1.0}, seed=3)
+
+
 def test_champion_rule():
     assert registry.beats_champion(challenger=0.5, champion=None)
     assert registry.beats_champion(challenger=0.61, champion=0.60)

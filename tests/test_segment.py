@@ -178,6 +178,19 @@ def test_planted_segments_are_recovered(spark):
     features.unpersist()
 
 
+def test_sweep_gives_the_same_candidates_fitted_in_parallel(spark):
+    data = planted_features(spark, 600, seed=9).drop("planted")
+    prepared = M.feature_pipeline(data, feature_cols=FEATURES).fit(data).transform(data).cache()
+    one_at_a_time = M.sweep_k(prepared, ks=[2, 3, 4, 5], seeds=[1, 2], parallelism=1, max_iter=20)
+    three_at_once = M.sweep_k(prepared, ks=[2, 3, 4, 5], seeds=[1, 2], parallelism=3, max_iter=20)
+    assert [c.k for c in three_at_once] == [2, 3, 4, 5]
+    assert [(c.k, c.seed, c.sizes, c.cost, c.silhouette) for c in one_at_a_time] == \
+        [(c.k, c.seed, c.sizes, c.cost, c.silhouette) for c in three_at_once]
+    with pytest.raises(ValueError, match="parallelism"):
+        M.sweep_k(prepared, ks=[2], parallelism=0)
+    prepared.unpersist()
+
+
 @pytest.mark.parametrize("algorithm", [
     pytest.param("bisecting", marks=pytest.mark.xfail(
         reason="BisectingKMeans left a single non-empty cluster on this 800-row planted set; "

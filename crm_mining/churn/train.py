@@ -41,6 +41,7 @@ class TrainSettings:
     gbt_max_iter: int = 40
     gbt_step_size: float = 0.1
     train_ratio: float = 0.75
+    search_parallelism: int = 2
     selection_metric: str = "pr_auc"
     seed: int = 42
 
@@ -53,6 +54,9 @@ class TrainSettings:
                              f"got {settings.selection_metric!r}")
         if not 0.0 < settings.train_ratio < 1.0:
             raise ValueError(f"churn.train_ratio must be in (0, 1), got {settings.train_ratio!r}")
+        if not isinstance(settings.search_parallelism, int) or settings.search_parallelism < 1:
+            raise ValueError(f"churn.search_parallelism must be a whole number >= 1, "
+                             f"got {settings.search_parallelism!r}")
         return settings
 
 
@@ -125,7 +129,8 @@ def tune(data: DataFrame, *, algorithm: str, features: Sequence[str], settings: 
     evaluator = BinaryClassificationEvaluator(labelCol=LABEL_COL, rawPredictionCol="rawPrediction",
                                               metricName=METRIC_NAMES[settings.selection_metric])
     search = TrainValidationSplit(estimator=pipeline, estimatorParamMaps=grid, evaluator=evaluator,
-                                  trainRatio=float(settings.train_ratio), seed=settings.seed, parallelism=1)
+                                  trainRatio=float(settings.train_ratio), seed=settings.seed,
+                                  parallelism=settings.search_parallelism)
     return search.fit(data).bestModel
 
 

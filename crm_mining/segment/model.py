@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from multiprocessing.pool import ThreadPool
 from typing import Sequence
 
 import numpy as np
+from pyspark import inheritable_thread_target
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.clustering import BisectingKMeans, GaussianMixture, KMeans
 from pyspark.ml.evaluation import ClusteringEvaluator
@@ -202,23 +204,33 @@ class Candidate:
 
 
 def sweep_k(data: DataFrame, *, ks: Sequence[int], algorithm: str = "kmeans", seeds: Sequence[int] = (42,),
-            sample_rows: int | None = 50000, features_col: str = FEATURES_COL, **params) -> list[Candidate]:
+            sample_rows: int | None = 50000, features_col: str = FEATURES_COL, parallelism: int = 1,
+            **params) -> list[Candidate]:
     """Fit each k (best of ``seeds``) and score it by cost and sampled silhouette.
 
-    ``data`` holds the standardised vectors (cache it: every fit scans it).
+    ``data`` holds the standardised vectors (cache it: every fit scans it). ``parallelism``
+    k values are fitted at once, in threads of this driver; each fit is seeded, so the
+    candidates are the same for any ``parallelism``. Returned in the order of ``ks``.
     """
     if not ks:
         raise ValueError("ks must hold at least one k")
-    out = []
-    for k in ks:
+    if parallelism < 1:
+        raise ValueError(f"parallelism must be at least 1, got {parallelism}")
+
+    def one(k: int) -> Candidate:
         model, cost, seed = fit_best(data, algorithm=algorithm, k=k, seeds=seeds,
                                      features_col=features_col, **params)
         sizes = [int(s) for s in model.summary.clusterSizes]
         score = silhouette(model.transform(data), sizes=sizes, sample_rows=sample_rows, seed=seeds[0],
                            features_col=features_col)
         log.info("segment sweep: %s k=%d cost=%.4g silhouette=%.4f sizes=%s", algorithm, k, cost, score, sizes)
-        out.append(Candidate(k=int(k), cost=cost, silhouette=score, seed=int(seed), sizes=sizes, model=model))
-    return out
+        return Candidate(k=int(k), cost=cost, silhouette=score, seed=int(seed), sizes=sizes, model=model)
+
+    if parallelism == 1 or len(ks) == 1:
+        return [one(k) for k in ks]
+    # inheritable_thread_target: the threads' Spark jobs keep the step's job description
+    with ThreadPool(min(parallelism, len(ks))) as pool:
+        return pool.map(inheritable_thread_target(one), ks)
 
 
 def choose_k(candidates: Sequence[Candidate], *, rule: str = "silhouette") -> Candidate:

@@ -73,6 +73,7 @@ class SegmentSettings:
     init_steps: int = 5
     max_iter: int = 40
     tol: float = 1e-4
+    parallelism: int = 2
     silhouette_sample: int | None = 50000
     stability_reseeds: int = 2
     min_customers: int = 50
@@ -105,6 +106,8 @@ class SegmentSettings:
             raise ValueError(f"segment.k must be at least 2, got {self.k}")
         if self.seeds < 1:
             raise ValueError("segment.seeds must be at least 1")
+        if not isinstance(self.parallelism, int) or self.parallelism < 1:
+            raise ValueError(f"segment.parallelism must be a whole number >= 1, got {self.parallelism!r}")
 
     def fit_params(self) -> dict:
         return dict(max_iter=self.max_iter, init_steps=self.init_steps, tol=self.tol)
@@ -201,7 +204,8 @@ def fit_segments(features: DataFrame, *, domain: str, feature_cols: Sequence[str
     ks = [settings.k] if settings.k else list(range(settings.k_min, min(settings.k_max, n - 1) + 1))
     seeds = [seed + i for i in range(settings.seeds)]
     candidates = M.sweep_k(prepared, ks=ks, algorithm=settings.algorithm, seeds=seeds,
-                           sample_rows=settings.silhouette_sample, **settings.fit_params())
+                           sample_rows=settings.silhouette_sample, parallelism=settings.parallelism,
+                           **settings.fit_params())
     chosen = M.choose_k(candidates, rule=settings.selection)
     cluster_model = chosen.model
     centers = M.model_centers(cluster_model, settings.algorithm)
