@@ -228,9 +228,9 @@ def sweep_k(data: DataFrame, *, ks: Sequence[int], algorithm: str = "kmeans", se
 
     if parallelism == 1 or len(ks) == 1:
         return [one(k) for k in ks]
-    # inheritable_thread_target: the threads' Spark jobs keep the step's job description
+    # inheritable_thread_target: the threads' Spark jobs keep the step's job description and tags
     with ThreadPool(min(parallelism, len(ks))) as pool:
-        return pool.map(inheritable_thread_target(one), ks)
+        return pool.map(inheritable_thread_target(data.sparkSession)(one), ks)
 
 
 def choose_k(candidates: Sequence[Candidate], *, rule: str = "silhouette") -> Candidate:
