@@ -184,8 +184,12 @@ class Lake:
         """The latest Delta version of ``name``, or ``None`` if it does not exist."""
         if not self.exists(name):
             return None
-        row = DeltaTable.forPath(self.spark, self.path(name)).history(1).select("version").first()
-        return int(row[0]) if row else None
+        row = self._latest_commit(name)
+        return int(row["version"]) if row else None
+
+    def _latest_commit(self, name: str):
+        """The newest row of ``name``'s Delta history: its version and operation metrics."""
+        return DeltaTable.forPath(self.spark, self.path(name)).history(1).select("version", "operationMetrics").first()
 
     def versions(self, names: Iterable[str]) -> dict[str, int | None]:
         """Latest versions of several tables, for lineage records."""
@@ -203,7 +207,7 @@ class Lake:
         # One history(1) call gives the new version and the commit's own row counts, so callers
         # need not read a version they have just written (each read of a new version makes Delta
         # rebuild its state, several Spark jobs even for a small table).
-        row = DeltaTable.forPath(self.spark, self.path(name)).history(1).select("version", "operationMetrics").first()
+        row = self._latest_commit(name)
         self._last_commit[name] = (int(row["version"]), dict(row["operationMetrics"] or {}))
         return int(row["version"])
 
