@@ -66,18 +66,15 @@ class _Run:
         self.cached.append(df.persist())
         return df
 
-    def written(self, name: str) -> int:
-        """Rows the write of ``name`` committed, from the commit itself (no re-read)."""
-        return self.lake.rows_written(name)
-
     def quarantine(self, df: DataFrame, name: str) -> int:
         # Counted by reason on the rows to write (cached upstream), then checked against the
         # rows the commit recorded: the same figures as a re-read, without one.
         label = name[len("quarantine_"):]
         counts = reason_counts(df)
         self.write(df, name)
-        if self.written(name) != sum(counts.values()):
-            raise ReconciliationError(f"{self.lake.qualified(name)}: {self.written(name)} rows committed, "
+        committed = self.lake.rows_written(name)
+        if committed != sum(counts.values()):
+            raise ReconciliationError(f"{self.lake.qualified(name)}: {committed} rows committed, "
                                       f"{sum(counts.values())} counted by reason")
         for kind, count in counts.items():
             self.result.metrics[f"quarantine.{label}.{kind}"] = count
@@ -137,7 +134,7 @@ def _bank(run: _Run, name: str, spec: Mapping, key: bytes) -> DataFrame | None:
     for table, bronze_name in tables.items():
         rows_in, q = bronze[table].count(), quarantined_rows.get(table, 0)
         if table in BANK_ACCEPTED:
-            run.counts[bronze_name] = (rows_in, run.written(BANK_ACCEPTED[table]), q)
+            run.counts[bronze_name] = (rows_in, run.lake.rows_written(BANK_ACCEPTED[table]), q)
         elif table == "client" and customers is not None:
             run.counts[bronze_name] = (rows_in, -2, q)  # counted once silver_customers is written
         else:
@@ -160,7 +157,7 @@ def _link(run: _Run, name: str, spec: Mapping, key: bytes) -> DataFrame:
     links = reduce(DataFrame.unionByName, [silver_links(c.filter(F.col("_reason").isNull()), key=key)
                                           for _, c in parts])
     run.write(links, "silver_customer_link")
-    accepted_rows = run.written("silver_customer_link")
+    accepted_rows = run.lake.rows_written("silver_customer_link")
     if len(parts) == 1:
         rows_in, _, q = run.counts[parts[0][0]]
         run.counts[parts[0][0]] = (rows_in, accepted_rows, q)
