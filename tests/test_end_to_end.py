@@ -26,7 +26,7 @@ AS_OF = "2011-12-10"
 CUSTOMERS = 300
 DELTA = "io.delta:delta-spark_4.2_2.13:4.4.0"
 
-# About 28 minutes on 2 cores: the reference run, eight killed and resumed runs, an in-process
+# 19 to 28 minutes on 2 cores: the reference run, eight killed and resumed runs, an in-process
 # rerun and two concurrent runs of one step. CRM_E2E=0 skips it (for a quick local run of the
 # other slow tests).
 pytestmark = [
