@@ -60,16 +60,20 @@ def _lake(spark, cfg) -> Lake:
     return Lake(spark, root=cfg.get_path("lake.root"), database=cfg.get_path("lake.database"))
 
 
-@pytest.fixture(scope="module")
-def refined(spark, tmp_path_factory):
+def _ingest_and_refine(spark, work: Path, retail: Path):
+    """Ingest and refine the retail files in ``retail`` into a lake under ``work``."""
     from crm_mining.config import load_config
 
-    work = tmp_path_factory.mktemp("bad_input")
     cfg = load_config(overrides=[f"run.workdir={work}", f"lake.root={work / 'lake'}", f"report.out={work / 'r'}",
-                                 "run.demo=false", f"sources.online_retail.path={CORPUS}",
+                                 "run.demo=false", f"sources.online_retail.path={retail}",
                                  "sources.berka.enabled=false", "sources.customer_link.enabled=false"])
     run_pipeline(spark, cfg, steps=["ingest", "refine"])
-    return _lake(spark, cfg)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def refined(spark, tmp_path_factory):
+    return _lake(spark, _ingest_and_refine(spark, tmp_path_factory.mktemp("bad_input"), CORPUS))
 
 
 def test_every_row_read_is_accepted_or_quarantined_with_its_reason(refined):
@@ -108,17 +112,28 @@ def test_the_same_file_twice_is_ingested_once(refined):
     assert not files & SKIPPED_FILES
 
 
+@pytest.fixture(scope="module")
+def committed(spark, tmp_path_factory) -> Path:
+    """A working directory whose lake holds one good file, ingested and refined."""
+    work = tmp_path_factory.mktemp("committed")
+    (work / "retail").mkdir()
+    shutil.copy(CORPUS / "non_numeric_numbers.csv", work / "retail" / "part-00000.csv")
+    _ingest_and_refine(spark, work, work / "retail")
+    return work
+
+
 @pytest.mark.parametrize("bad_file, message", [
     ("empty.csv", r"empty\.csv: the file is empty"),
     ("missing_column.csv", r"missing_column\.csv: column 'UnitPrice'"),
     ("renamed_column.csv", r"renamed_column\.csv: column 'UnitPrice'"),
 ])
-def test_a_file_level_problem_stops_the_run_and_loses_nothing(spark, make_config, tmp_path, bad_file, message):
+def test_a_file_level_problem_stops_the_run_and_loses_nothing(spark, make_config, tmp_path, committed,
+                                                               bad_file, message):
+    # each case gets its own copy of the committed lake (Delta tables hold relative paths)
     retail = tmp_path / "retail"
-    retail.mkdir()
-    shutil.copy(CORPUS / "non_numeric_numbers.csv", retail / "part-00000.csv")
+    shutil.copytree(committed / "retail", retail)
+    shutil.copytree(committed / "lake", tmp_path / "lake")
     cfg = _config(make_config, retail)
-    run_pipeline(spark, cfg, steps=["ingest", "refine"])
     lake = _lake(spark, cfg)
     tables = ["bronze_online_retail", "silver_retail_lines", "quarantine_online_retail"]
 
