@@ -51,9 +51,14 @@ EXPECTED = {
 SKIPPED_FILES = {"non_numeric_numbers_copy.csv"}
 
 
+def _retail_only(retail: Path) -> list[str]:
+    """Settings for a real (non-demo) run on the retail files in ``retail`` alone."""
+    return ["run.demo=false", f"sources.online_retail.path={retail}",
+            "sources.berka.enabled=false", "sources.customer_link.enabled=false"]
+
+
 def _config(make_config, retail: Path):
-    return make_config("run.demo=false", f"sources.online_retail.path={retail}",
-                       "sources.berka.enabled=false", "sources.customer_link.enabled=false")
+    return make_config(*_retail_only(retail))
 
 
 def _lake(spark, cfg) -> Lake:
@@ -65,8 +70,7 @@ def _ingest_and_refine(spark, work: Path, retail: Path):
     from crm_mining.config import load_config
 
     cfg = load_config(overrides=[f"run.workdir={work}", f"lake.root={work / 'lake'}", f"report.out={work / 'r'}",
-                                 "run.demo=false", f"sources.online_retail.path={retail}",
-                                 "sources.berka.enabled=false", "sources.customer_link.enabled=false"])
+                                 *_retail_only(retail)])
     run_pipeline(spark, cfg, steps=["ingest", "refine"])
     return cfg
 
