@@ -2,9 +2,14 @@
 
 A step is a function ``run(ctx: StepContext) -> StepResult`` in its own module. The runner
 opens one MLflow parent run per pipeline execution and a nested run per step, prints when a
-step starts and ends, and records each step run in ``ops_pipeline_runs`` (status, row counts,
-Delta versions read and written, config hash, MLflow run id, error). A failed step stops the
-run; ``resume=True`` reruns a failed or interrupted run from its first unfinished step.
+step starts and ends, and records each step run in ``ops_pipeline_runs`` when it ends (status,
+row counts, Delta versions read and written, config hash, MLflow run id, error). A failed step
+stops the run; ``resume=True`` reruns a failed or interrupted run from its first unfinished step.
+
+A step run gets its row when it ends, not when it starts: one blind append per step instead of
+an append and a merge (on a small run those two commits took about a tenth of its time). A
+step killed midway therefore leaves no row (its MLflow run stays ``RUNNING``), and ``--resume``
+reruns it as a step that never started.
 """
 from __future__ import annotations
 
@@ -92,7 +97,7 @@ class StepContext:
     config: Config
     lake: Lake
     run_id: str
-    #: steps of this run that already have a row in ``ops_pipeline_runs`` (a resumed run's)
+    #: steps of this run that already have a row in ``ops_pipeline_runs`` (a resumed run's failed ones)
     recorded: set[str] = dataclasses.field(default_factory=set)
     _as_of: dt.date | None = None
 
@@ -172,7 +177,8 @@ def record_step(lake: Lake, record: dict[str, Any], *, new: bool = False) -> Non
     """Upsert one step run into ``ops_pipeline_runs`` (keyed by run id and step).
 
     ``new=True`` says the run has no row for the step yet: the row is appended, a commit
-    a few times cheaper than a merge (the merge scans and rewrites the table's files).
+    a few times cheaper than a merge (the merge scans and rewrites the table's files), and
+    one that concurrent runs' appends do not conflict with.
     """
     if new:
         lake.append(_ops_row(lake.spark, record), OPS_TABLE)
@@ -184,8 +190,9 @@ def unfinished_run(lake: Lake, steps: Sequence[str] = ()) -> tuple[str, str | No
     """The latest run, unless it finished: (run id, as-of date, succeeded steps, recorded steps).
 
     A run is unfinished when one of its recorded steps did not succeed, or when one of
-    ``steps`` (those the resuming command asks for) never started: a job killed between two
-    steps has recorded nothing of the next one yet.
+    ``steps`` (those the resuming command asks for) has no row: a job killed inside a step or
+    between two steps has recorded nothing of that step. A run killed in its first step has
+    recorded nothing at all, so resuming it starts a new run.
     """
     if not lake.exists(OPS_TABLE):
         return None
@@ -272,15 +279,13 @@ def run_step(ctx: StepContext, step: str) -> StepResult:
     log.info("[%s] started", step)
     describe_jobs(ctx.spark, f"crm-mining {step}")
     record: dict[str, Any] = {
-        "run_id": ctx.run_id, "step": step, "status": "running", "started_at": started,
+        "run_id": ctx.run_id, "step": step, "started_at": started,
         "config_hash": ctx.config.hash,
         "as_of_date": dt.date.fromisoformat(ctx.config.get_path("run.as_of"))
         if ctx.config.get_path("run.as_of") else None,
     }
     with tracking.run(step, nested=True, tags={"crm.run_id": ctx.run_id, "crm.step": step}) as child:
         record["mlflow_run_id"] = child.info.run_id
-        record_step(ctx.lake, record, new=step not in ctx.recorded)
-        ctx.recorded.add(step)
         try:
             result = func(ctx)
         except Exception as exc:  # recorded, then re-raised with the step named
@@ -289,7 +294,7 @@ def run_step(ctx: StepContext, step: str) -> StepResult:
                           duration_s=time.monotonic() - clock)
             log.error("[%s] failed: %s", step, record["error"])
             log.debug("%s", traceback.format_exc())
-            _safe_record(ctx.lake, record)
+            _safe_record(ctx, record)
             raise StepFailed(step, exc) from exc
         finally:
             describe_jobs(ctx.spark, None)
@@ -309,14 +314,21 @@ def run_step(ctx: StepContext, step: str) -> StepResult:
                              **{f"output_version.{k}": v for k, v in record["output_versions"].items()}})
         tracking.log_metrics({"rows_in": result.rows_in, "rows_out": result.rows_out,
                               "rows_quarantined": result.rows_quarantined, "duration_s": duration})
-        record_step(ctx.lake, record)
+        _record(ctx, record)
     log.info("[%s] done in %.1f s: %d rows in, %d out, %d quarantined", step, duration,
              result.rows_in, result.rows_out, result.rows_quarantined)
     return result
 
 
-def _safe_record(lake: Lake, record: dict[str, Any]) -> None:
+def _record(ctx: StepContext, record: dict[str, Any]) -> None:
+    """Write the step run's row: appended, or merged over the row of an earlier failed attempt
+    when a resumed run repeats the step."""
+    record_step(ctx.lake, record, new=record["step"] not in ctx.recorded)
+    ctx.recorded.add(record["step"])
+
+
+def _safe_record(ctx: StepContext, record: dict[str, Any]) -> None:
     try:
-        record_step(lake, record)
+        _record(ctx, record)
     except Exception as exc:  # the step's own error matters more than the bookkeeping's
         log.warning("could not record the failed step in %s: %s", OPS_TABLE, exc)

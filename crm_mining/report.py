@@ -526,7 +526,7 @@ class ReportBuilder:
             quarantine = quarantine_from_metrics(steps)
             ok = True
         else:
-            parts.append(_missing(f"Table {self.lake.qualified(OPS_TABLE)} is missing: no step has run yet."))
+            parts.append(_missing(f"Table {self.lake.qualified(OPS_TABLE)} is missing: no step run has been recorded yet."))
             quarantine = None
         q = quarantine.orderBy(F.col("rows").desc()).limit(30).toPandas() if quarantine is not None else None
         if quarantine is not None:

@@ -21,10 +21,16 @@ def _step_ok(ctx):
     return StepResult(rows_in=3, rows_out=3, outputs={"gold_demo": version})
 
 
+class _Killed(BaseException):
+    """Stands in for the process dying: the runner catches no BaseException, so it records nothing."""
+
+
 def _step_flaky(ctx):
     CALLS.append("second")
     if ctx.config.get_path("run.seed") == 13:
         raise RuntimeError("planted failure")
+    if ctx.config.get_path("run.seed") == 99:
+        raise _Killed()
     return StepResult(rows_in=1, rows_out=1, inputs={"gold_demo": ctx.lake.version("gold_demo")})
 
 
@@ -88,6 +94,22 @@ def test_resume_after_a_kill_between_steps_runs_the_steps_not_started(spark, mak
     CALLS.clear()  # the run is now complete: a further --resume starts a new run
     assert run_pipeline(spark, cfg, steps=["first", "second"], resume=True) != first_run
     assert CALLS == ["first", "second"]
+
+
+def test_a_step_killed_midway_leaves_no_row_and_resume_reruns_it(spark, make_config, fake_steps):
+    """A step run is recorded when it ends: a kill inside it leaves the finished steps' rows only."""
+    cfg = make_config("run.as_of=2020-01-31", "run.seed=99", "lake.database=crm_pipe_d")
+    with pytest.raises(_Killed):
+        run_pipeline(spark, cfg, steps=["first", "second"])
+    ops_path = f"{cfg['lake']['root']}/ops_pipeline_runs"
+    rows = spark.read.format("delta").load(ops_path).collect()
+    assert [(r["step"], r["status"]) for r in rows] == [("first", "succeeded")]
+    CALLS.clear()
+    cfg["run"]["seed"] = 7
+    assert run_pipeline(spark, cfg, steps=["first", "second"], resume=True) == rows[0]["run_id"]
+    assert CALLS == ["second"]
+    ops = spark.read.format("delta").load(ops_path)
+    assert sorted((r["step"], r["status"]) for r in ops.collect()) == [("first", "succeeded"), ("second", "succeeded")]
 
 
 def _cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:

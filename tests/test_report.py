@@ -279,7 +279,11 @@ def test_pareto_headline_matches_numpy(full_report):
 
 
 def test_report_step_records_itself_and_names_missing_tables(spark, tmp_path):
-    """The step on a lake with only customer value: one run of the runner, sections say what is missing."""
+    """The step on a lake with only customer value: one run of the runner, sections say what is missing.
+
+    The report is the run's first step and a step run is recorded when it ends, so it finds no
+    ``ops_pipeline_runs`` yet and says so.
+    """
     import mlflow
 
     from crm_mining.pipeline import run_pipeline
@@ -297,12 +301,12 @@ def test_report_step_records_itself_and_names_missing_tables(spark, tmp_path):
     finally:
         spark.sql(f"DROP DATABASE IF EXISTS {database} CASCADE")
     text = (tmp_path / "reports" / "index.html").read_text()
-    for name in ("gold_segment_profiles", "gold_association_rules", "gold_churn_scores"):
+    for name in ("ops_pipeline_runs", "gold_segment_profiles", "gold_association_rules", "gold_churn_scores"):
         assert f"Table {database}.{name} is missing" in text
     assert 'src="pareto.png"' in text and 'src="segments.png"' not in text and "churn_gains" not in text
     assert row["status"] == "succeeded"
-    assert row["input_versions"] == {"gold_customer_value": 0, "ops_pipeline_runs": 0}
-    assert row["metrics"]["sections_missing"] == 3.0
+    assert row["input_versions"] == {"gold_customer_value": 0}
+    assert row["metrics"]["sections_missing"] == 4.0
     artifacts = {f.path for f in mlflow.MlflowClient().list_artifacts(row["mlflow_run_id"], "report")}
     assert {"report/index.html", "report/pareto.png", "report/rfm_segments.png"} <= artifacts
 
