@@ -42,11 +42,6 @@ def plan(config) -> list[TableSource]:
     return tables
 
 
-def _written_rows(lake, name: str) -> int:
-    metrics = lake.history(name, 1).select("operationMetrics").first()[0] or {}
-    return int(metrics.get("numOutputRows", 0))
-
-
 def ingest_table(ctx: StepContext, table: TableSource, *, ingested_at: dt.datetime,
                  split_bytes: int | None = None) -> dict[str, int]:
     """Append each file of ``table`` as one batch; returns counts (files, skipped, rows)."""
@@ -76,7 +71,7 @@ def ingest_table(ctx: StepContext, table: TableSource, *, ingested_at: dt.dateti
             counts["files_skipped"] += 1
             continue
         columns = df.columns
-        rows = _written_rows(lake, table.bronze_table)
+        rows = lake.rows_written(table.bronze_table)  # from the commit append_batch just made
         counts["rows"] += rows
         log.info("[ingest] %s: %s → %d rows (batch %s)", table.bronze_table, path.name, rows, batch_id[:12])
     return counts
