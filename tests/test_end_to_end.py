@@ -26,9 +26,9 @@ AS_OF = "2011-12-10"
 CUSTOMERS = 300
 DELTA = "io.delta:delta-spark_4.2_2.13:4.4.0"
 
-# 19 to 28 minutes on 2 cores: the reference run, eight killed and resumed runs, an in-process
-# rerun and two concurrent runs of one step. CRM_E2E=0 skips it (for a quick local run of the
-# other slow tests).
+# 15 to 21 minutes on 2 cores: the reference run, eight killed and resumed runs (the last resume
+# in this process), an in-process rerun and two concurrent runs of one step (one in this
+# process). CRM_E2E=0 skips it (for a quick local run of the other slow tests).
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(os.environ.get("CRM_E2E") == "0", reason="end-to-end suite switched off (CRM_E2E=0)"),
