@@ -3,12 +3,14 @@
 Under ``spark-submit`` or on a managed cluster a session (or its settings) already exists and
 is used as it is: nothing here overrides it. Only when crm-mining starts Spark itself does it
 choose local settings: Delta from Maven Central through ``configure_spark_with_delta_pip``
-(resolved once into the Ivy cache), AQE on, small shuffle partitions, UI off.
+(resolved once into the Ivy cache), AQE on, small shuffle partitions, UI off, Python workers
+on the interpreter that runs crm-mining.
 """
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any, Mapping
 
 from pyspark.sql import SparkSession
@@ -80,6 +82,10 @@ def get_spark(spark_cfg: Mapping[str, Any] | None = None) -> SparkSession:
         for key, value in local_settings(spark_cfg).items():
             builder = builder.config(key, value)
         log.info("starting a local Spark session (%s)", spark_cfg.get("master") or "local[*]")
+        # PySpark starts its Python workers (the CLV pandas UDFs) with PYSPARK_PYTHON, else with the
+        # first python3 on PATH; the interpreter running crm-mining has the package and its
+        # dependencies.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         spark = configure_spark_with_delta_pip(builder).getOrCreate()
     spark.sparkContext.setLogLevel(spark_cfg.get("log_level") or "WARN")
     return spark

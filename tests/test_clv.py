@@ -18,14 +18,25 @@ PUBLISHED_GG = {"p": 6.25, "q": 3.74, "gamma": 15.44}
 CDNOW_AS_OF = dt.date(1997, 10, 1)  # calibration 1997-01-01 .. 1997-09-30 (39 weeks)
 
 
-def test_series_matches_scipy_hyp2f1(spark):
-    grid = [(A, B, C, z) for A, B, C in [(0.3, 2.5, 2.3), (5.2, 7.4, 7.2), (60.2, 62.4, 62.2), (250.0, 252.0, 251.8)]
-            for z in (0.01, 0.3, 0.5, 0.7)]
-    df = spark.createDataFrame(grid, "A double, B double, C double, z double")
-    got = df.select("*", clv.scaled_hyp2f1_col(F.col("A"), F.col("B"), F.col("C"), F.col("z"), max_terms=5000)
-                    .alias("s")).toPandas()
-    expected = (1 - got["z"]) ** got["A"] * hyp2f1(got["A"], got["B"], got["C"], got["z"])
-    np.testing.assert_allclose(got["s"], expected, rtol=1e-9)
+def test_series_matches_scipy_hyp2f1():
+    grid = np.array([(A, B, C, z) for A, B, C in [(0.3, 2.5, 2.3), (5.2, 7.4, 7.2), (60.2, 62.4, 62.2),
+                                                  (250.0, 252.0, 251.8)]
+                     for z in (0.0, 0.01, 0.3, 0.5, 0.7)])
+    A, B, C, z = grid.T
+    got = clv.scaled_hyp2f1(A, B, C, z, max_terms=5000)
+    expected = (1 - z) ** A * hyp2f1(A, B, C, z)
+    np.testing.assert_allclose(got, expected, rtol=1e-9)
+
+
+def test_series_is_cut_at_max_terms():
+    # z near 1 needs thousands of terms: capped at 10, the sum is that of the first 11 terms
+    A, B, C, z = 50.0, 52.0, 51.0, 0.99
+    k = np.arange(11)
+    terms = np.exp(A * np.log1p(-z) + np.cumsum(np.r_[0, np.log(A + k[:-1]) + np.log(B + k[:-1])
+                                                       - np.log(C + k[:-1]) - np.log(k[:-1] + 1) + np.log(z)]))
+    got = clv.scaled_hyp2f1(np.array([A]), np.array([B]), np.array([C]), np.array([z]), max_terms=10)
+    np.testing.assert_allclose(got, [terms.sum()], rtol=1e-12)
+    assert got[0] < (1 - z) ** A * hyp2f1(A, B, C, z) / 2
 
 
 def test_scores_match_lifetimes(spark):
@@ -51,6 +62,29 @@ def test_scores_match_lifetimes(spark):
     np.testing.assert_allclose(got["spend"][repeat], ggf.conditional_expected_average_profit(
         rows.x[repeat].to_numpy(dtype=float), rows.m[repeat].to_numpy(dtype=float)), rtol=1e-9)
     assert got["spend"][0] == pytest.approx(6.25 * 15.44 / 2.74)
+
+
+def test_clv_predicted_matches_lifetimes(spark):
+    from lifetimes import BetaGeoFitter, GammaGammaFitter
+
+    bg = clv.BgNbdParams(r=0.243, alpha=4.414, a=0.793, b=2.426, log_likelihood=0.0, customers=0)
+    gg = clv.GammaGammaParams(p=6.25, q=3.74, gamma=15.44, log_likelihood=0.0, customers=0)
+    rows = pd.DataFrame({"x": [0, 1, 2, 7, 30, 3], "t_x": [0.0, 1.7, 30.4, 35.0, 38.0, 5.0],
+                         "T": [38.86, 38.86, 38.86, 36.0, 38.5, 60.0], "m": [0.0, 11.77, 22.35, 40.0, 15.0, 8.0]})
+    # lifetimes' months are 4.345 weeks: the same time unit here
+    unit = clv.DAYS_PER_MONTH / 4.345
+    got = (spark.createDataFrame(rows)
+           .select(clv.clv_predicted_col(bg, gg, horizon_months=12, discount_rate_monthly=0.01, time_unit_days=unit,
+                                         margin=0.3).alias("clv"))
+           .toPandas()["clv"])
+    bgf = BetaGeoFitter()
+    bgf.params_ = pd.Series({"r": bg.r, "alpha": bg.alpha, "a": bg.a, "b": bg.b})
+    bgf.predict = bgf.conditional_expected_number_of_purchases_up_to_time  # what fit() sets
+    ggf = GammaGammaFitter()
+    ggf.params_ = pd.Series({"p": gg.p, "q": gg.q, "v": gg.gamma})
+    expected = ggf.customer_lifetime_value(bgf, rows["x"], rows["t_x"], rows["T"], rows["m"], time=12,
+                                           discount_rate=0.01, freq="W")
+    np.testing.assert_allclose(got, 0.3 * expected.to_numpy(), rtol=1e-7)
 
 
 def test_fit_needs_repeat_purchases():

@@ -223,8 +223,10 @@ def test_no_raw_identifier_in_gold_tables_mlflow_or_logs(spark, submitted, demo_
 
 def _run_cli(workdir: Path, data: Path, *extra: str) -> subprocess.Popen:
     log = (workdir / "run.log").open("a")
+    env = _env()
+    env.pop("PYSPARK_PYTHON")  # as a user runs it: crm-mining points Spark's Python workers at itself
     return subprocess.Popen([sys.executable, "-m", "crm_mining.cli", "run", *_settings(workdir, data), *extra],
-                            stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=workdir,
+                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir,
                             start_new_session=True)
 
 

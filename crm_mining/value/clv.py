@@ -10,9 +10,10 @@ per-customer table on the driver:
   histogram is exact; on long histories it stays small (bounded by days², not customers).
 - The driver collects the histogram and maximises the count-weighted log-likelihood with
   ``scipy.optimize`` (Fader, Hardie & Lee 2005 for BG/NBD; Fader & Hardie 2013 for Gamma-Gamma).
-- Scoring runs on the executors as Spark SQL expressions: ``p_alive``, the expected number of
-  purchases in a horizon (its Gaussian hypergeometric 2F1 is a truncated series, summed in log
-  space with the ``aggregate`` higher-order function) and the discounted CLV.
+- Scoring runs on the executors: ``p_alive`` and the expected spend as Spark SQL expressions;
+  the expected number of purchases in a horizon, whose Gaussian hypergeometric 2F1 is a
+  truncated series summed in log space, and the discounted CLV (twelve such expectations a
+  row) in pandas UDFs, as vectorised numpy over each Arrow batch.
 
 Time unit: ``time_unit_days`` days (7 = weeks, as in the CDNOW paper). ``T`` runs from the first
 purchase day to the last observed day (the day before the as-of date), so ``t_x <= T``.
@@ -26,8 +27,10 @@ import math
 from typing import Mapping
 
 import numpy as np
+import pandas as pd
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql.functions import pandas_udf
 from scipy import optimize
 from scipy.special import gammaln
 
@@ -198,40 +201,82 @@ def p_alive_col(params: BgNbdParams, *, x: str = "x", t_x: str = "t_x", T: str =
     return F.when(xc > 0, 1.0 / (1.0 + odds)).otherwise(F.lit(1.0))
 
 
-def scaled_hyp2f1_col(A: Column, B: Column, C: Column, z: Column, *, max_terms: int) -> Column:
-    """``(1 - z)^A · 2F1(A, B; C; z)`` for ``0 <= z < 1`` as a truncated series in Spark SQL.
+def scaled_hyp2f1(A: np.ndarray, B: np.ndarray, C: np.ndarray, z: np.ndarray, *, max_terms: int) -> np.ndarray:
+    """``(1 - z)^A · 2F1(A, B; C; z)`` for ``0 <= z < 1`` as a truncated series (numpy arrays).
 
     Terms are accumulated in log space (no overflow however large ``A``), starting from
     ``(1-z)^A``; each row sums as many terms as its series needs to pass its peak, near
     ``k ≈ A·z/(1-z)``, and decay geometrically (ratio → z) below 1e-15 of the sum, capped at
-    ``max_terms``.
+    ``max_terms``. Rows are sorted by their term count so that each step of the loop works
+    on the rows that still need it (a contiguous tail), not on the whole batch.
+
+    Examples
+    --------
+    >>> scaled_hyp2f1(np.array([5.2]), np.array([7.4]), np.array([7.2]), np.array([0.3]), max_terms=3000)
+    array([1.05518737])
     """
-    log_z = F.log(F.greatest(z, F.lit(1e-300)))
-    needed = (A * z / (1 - z) + 6 * F.sqrt(A * z) / (1 - z) + F.lit(36.0) / (-log_z + 1e-12) + 10)
-    terms = F.least(F.lit(int(max_terms)), F.ceil(needed).cast("int"))
-    start = F.struct((A * F.log1p(-z)).alias("lt"), F.exp(A * F.log1p(-z)).alias("s"))
+    A, B, C, z = (np.asarray(v, dtype=float) for v in (A, B, C, z))
+    with np.errstate(all="ignore"):  # invalid rows (NaN inputs, logs of non-positives) give NaN
+        log_z = np.log(np.maximum(z, 1e-300))
+        needed = A * z / (1 - z) + 6 * np.sqrt(A * z) / (1 - z) + 36.0 / (-log_z + 1e-12) + 10
+        terms = np.where(np.isfinite(needed), np.minimum(max_terms, np.ceil(needed)), max_terms)
+        steps = np.maximum(terms, 1).astype(np.int64)  # the first step always runs
+        order = np.argsort(steps, kind="stable")
+        a_, b_, c_, lz, n = A[order], B[order], C[order], log_z[order], steps[order]
+        lt = a_ * np.log1p(-z[order])
+        total = np.exp(lt)
+        for k in range(int(n[-1]) if len(n) else 0):
+            tail = slice(int(np.searchsorted(n, k, side="right")), None)  # rows with more than k steps
+            lt[tail] += np.log(a_[tail] + k) + np.log(b_[tail] + k) - np.log(c_[tail] + k) - math.log(k + 1) + lz[tail]
+            total[tail] += np.exp(lt[tail])
+        out = np.empty_like(total)
+        out[order] = total
+    return np.where(z <= 0, 1.0, out)
 
-    def step(acc, k):
-        kd = k.cast("double")
-        lt = (acc["lt"] + F.log(A + kd) + F.log(B + kd) - F.log(C + kd) - F.log(kd + 1) + log_z)
-        return F.struct(lt.alias("lt"), (acc["s"] + F.exp(lt)).alias("s"))
 
-    series = F.aggregate(F.sequence(F.lit(0), F.greatest(terms - 1, F.lit(0))), start, step)
-    return F.when(z <= 0, F.lit(1.0)).otherwise(series["s"])
+def expected_purchases(params: BgNbdParams, horizon: float, x: np.ndarray, t_x: np.ndarray, T: np.ndarray,
+                       *, max_terms: int = 3000) -> np.ndarray:
+    """E[purchases in the next ``horizon`` time units | x, t_x, T] (Fader et al. 2005, eq. 10)."""
+    x, t_x, T = (np.asarray(v, dtype=float) for v in (x, t_x, T))
+    if horizon <= 0:
+        return np.zeros_like(x)
+    r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    z = horizon / (alpha + T + horizon)
+    s = scaled_hyp2f1(r + x, b + x, a + b + x - 1, z, max_terms=max_terms)
+    with np.errstate(all="ignore"):  # the odds of x = 0 rows are not used
+        odds = np.where(x > 0, (a / (b + x - 1)) * np.exp((r + x) * (np.log(alpha + T) - np.log(alpha + t_x))), 0.0)
+    return ((a + b + x - 1) / (a - 1)) * (1 - s) / (1 + odds)
+
+
+def discounted_purchases(params: BgNbdParams, x: np.ndarray, t_x: np.ndarray, T: np.ndarray, *,
+                         horizon_months: int, discount_rate_monthly: float, time_unit_days: float,
+                         max_terms: int = 3000) -> np.ndarray:
+    """Σ_k ΔE[purchases in month k] / (1+d)^k over ``horizon_months`` (numpy arrays)."""
+    months_unit = DAYS_PER_MONTH / time_unit_days
+    total, previous = np.zeros(np.shape(x)), np.zeros(np.shape(x))
+    for k in range(1, int(horizon_months) + 1):
+        current = expected_purchases(params, k * months_unit, x, t_x, T, max_terms=max_terms)
+        total += (current - previous) / (1.0 + discount_rate_monthly) ** k
+        previous = current
+    return total
+
+
+def _double(name: str) -> Column:
+    return F.col(name).cast("double")
 
 
 def expected_purchases_col(params: BgNbdParams, horizon: float, *, x: str = "x", t_x: str = "t_x",
                            T: str = "T", max_terms: int = 3000) -> Column:
-    """E[purchases in the next ``horizon`` time units | x, t_x, T] (Fader et al. 2005, eq. 10)."""
+    """:func:`expected_purchases` as a Spark column: a pandas UDF over ``x``, ``t_x``, ``T``
+    (the series is vectorised numpy; as a Spark SQL ``aggregate`` it cost ~0.2 ms per row)."""
     if horizon <= 0:
         return F.lit(0.0)
-    r, alpha, a, b = (_lit(v) for v in (params.r, params.alpha, params.a, params.b))
-    xc, Tc, t = F.col(x).cast("double"), F.col(T), _lit(horizon)
-    z = t / (alpha + Tc + t)
-    s = scaled_hyp2f1_col(r + xc, b + xc, a + b + xc - 1, z, max_terms=max_terms)
-    odds = F.when(xc > 0, (a / (b + xc - 1))
-                  * F.exp((r + xc) * (F.log(alpha + Tc) - F.log(alpha + F.col(t_x))))).otherwise(0.0)
-    return ((a + b + xc - 1) / (a - 1)) * (1 - s) / (1 + odds)
+
+    def predict(xs: pd.Series, t_xs: pd.Series, Ts: pd.Series) -> pd.Series:
+        return pd.Series(expected_purchases(params, horizon, xs.to_numpy(float), t_xs.to_numpy(float),
+                                            Ts.to_numpy(float), max_terms=max_terms))
+
+    return pandas_udf(predict, "double")(_double(x), _double(t_x), _double(T))
 
 
 def expected_spend_col(params: GammaGammaParams, *, x: str = "x", m: str = "m") -> Column:
@@ -246,15 +291,18 @@ def clv_predicted_col(bg: BgNbdParams, gg: GammaGammaParams, *, horizon_months: 
                       discount_rate_monthly: float, time_unit_days: float, margin: float = 1.0,
                       x: str = "x", t_x: str = "t_x", T: str = "T", m: str = "m",
                       max_terms: int = 3000) -> Column:
-    """Discounted CLV over ``horizon_months``: Σ_k ΔE[purchases in month k] · E[spend] · margin / (1+d)^k."""
-    months_unit = DAYS_PER_MONTH / time_unit_days
-    total = F.lit(0.0)
-    previous = F.lit(0.0)
-    for k in range(1, int(horizon_months) + 1):
-        current = expected_purchases_col(bg, k * months_unit, x=x, t_x=t_x, T=T, max_terms=max_terms)
-        total = total + (current - previous) / F.lit((1.0 + discount_rate_monthly) ** k)
-        previous = current
-    return total * expected_spend_col(gg, x=x, m=m) * F.lit(float(margin))
+    """Discounted CLV over ``horizon_months``: Σ_k ΔE[purchases in month k] · E[spend] · margin / (1+d)^k.
+
+    The twelve (by default) purchase expectations of a row are computed together in one
+    pandas UDF (:func:`discounted_purchases`); the spend is a Spark SQL expression.
+    """
+    def discounted(xs: pd.Series, t_xs: pd.Series, Ts: pd.Series) -> pd.Series:
+        return pd.Series(discounted_purchases(
+            bg, xs.to_numpy(float), t_xs.to_numpy(float), Ts.to_numpy(float), horizon_months=horizon_months,
+            discount_rate_monthly=discount_rate_monthly, time_unit_days=time_unit_days, max_terms=max_terms))
+
+    purchases = pandas_udf(discounted, "double")(_double(x), _double(t_x), _double(T))
+    return purchases * expected_spend_col(gg, x=x, m=m) * F.lit(float(margin))
 
 
 # -- calibration / holdout ---------------------------------------------------------------
