@@ -194,6 +194,11 @@ def ops_rows(lake_root: Path) -> list[dict]:
     return table.sort_values("started_at").to_dict("records")
 
 
+def _number(value) -> float:
+    """A figure of an ops_pipeline_runs row; null (NaN once read, as for a failed step) is 0."""
+    return 0.0 if value is None or value != value else float(value)
+
+
 def bench_crm_mining(scale: int, data: Path, steps: list[str], repeat: int, timeout: float,
                      overrides: list[str] = (), reuse_lake: bool = False) -> list[dict]:
     """Run the steps in a fresh JVM and return result rows: one per step and one ``all``.
@@ -225,8 +230,8 @@ def bench_crm_mining(scale: int, data: Path, steps: list[str], repeat: int, time
         if reuse_lake and per_step:  # the records of this run only
             per_step = [r for r in per_step if r["run_id"] == per_step[-1]["run_id"]]
         for rec in per_step:
-            rows_in = int(rec.get("rows_in") or 0)
-            dur = float(rec.get("duration_s") or 0.0)
+            rows_in = int(_number(rec.get("rows_in")))
+            dur = _number(rec.get("duration_s"))
             rows.append({"system": "crm-mining", "scale_lines": scale, "step": rec["step"], "repeat": rep,
                          "wall_s": round(dur, 2), "rows_in": rows_in,
                          "rows_per_s": round(rows_in / dur) if dur else "",
