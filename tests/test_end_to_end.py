@@ -230,22 +230,30 @@ def _run_cli(workdir: Path, data: Path, *extra: str) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def _kill_when(proc: subprocess.Popen, log: Path, marker: str, delay: float, timeout: float = 900) -> bool:
-    """SIGKILL the driver and its JVM ``delay`` seconds after ``marker`` shows in the log."""
+def _wait_for(proc: subprocess.Popen, log: Path, marker: str, *, since: int = 0, timeout: float = 900) -> bool:
+    """Wait until ``marker`` shows in ``log`` after its first ``since`` characters: True, or
+    False if the process ended first."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while marker not in log.read_text(errors="replace")[since:]:
         if proc.poll() is not None:
             return False
-        if marker in log.read_text(errors="replace"):
-            time.sleep(delay)
-            if proc.poll() is not None:
-                return False
+        if time.monotonic() > deadline:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return True
-        time.sleep(0.5)
+            raise AssertionError(f"'{marker}' never appeared in {log}: {log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.2)
+    return True
+
+
+def _kill_when(proc: subprocess.Popen, log: Path, marker: str, delay: float) -> bool:
+    """SIGKILL the driver and its JVM ``delay`` seconds after ``marker`` shows in the log."""
+    if not _wait_for(proc, log, marker):
+        return False
+    time.sleep(delay)
+    if proc.poll() is not None:
+        return False
     os.killpg(proc.pid, signal.SIGKILL)
-    raise AssertionError(f"'{marker}' never appeared in {log}")
+    proc.wait()
+    return True
 
 
 #: (log line that starts a step, seconds to wait before SIGKILL): one kill inside each step.
@@ -331,10 +339,7 @@ def test_two_runs_of_a_step_at_once_leave_the_tables_of_one(spark, submitted, de
     log = submitted / "run.log"
     seen = len(log.read_text(errors="replace"))
     other = _run_cli(submitted, demo_data, "--steps", "customer360")
-    deadline = time.monotonic() + 600
-    while "[customer360] started" not in log.read_text(errors="replace")[seen:]:
-        assert other.poll() is None and time.monotonic() < deadline, log.read_text()[-5000:]
-        time.sleep(0.2)
+    assert _wait_for(other, log, "[customer360] started", since=seen, timeout=600), log.read_text()[-5000:]
     monkeypatch.delenv("CRM_PII_KEY", raising=False)  # the demo key, as in the other run
     codes = [main(["run", *_settings(submitted, demo_data), "--steps", "customer360"]), other.wait(timeout=1800)]
     text = log.read_text(errors="replace") + capsys.readouterr().err
