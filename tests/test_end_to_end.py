@@ -23,7 +23,7 @@ from crm_mining.lake import Lake
 
 REPO = Path(__file__).resolve().parent.parent
 AS_OF = "2011-12-10"
-CUSTOMERS = 300
+CUSTOMERS = 150
 DELTA = "io.delta:delta-spark_4.2_2.13:4.4.0"
 
 # 15 to 21 minutes on 2 cores: the reference run, eight killed and resumed runs (the last resume
