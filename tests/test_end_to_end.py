@@ -3,7 +3,7 @@ tables by name in a new session, and no raw identifiers in any output.
 
 One small demo is generated once per module; the reference run goes through ``spark-submit
 jobs/run_pipeline.py`` (the way data engineers submit it), a second run is killed with SIGKILL
-in the middle of several steps and resumed, and the two must hold the same rows.
+in the middle of each step's writes and resumed, and the two must hold the same rows.
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ AS_OF = "2011-12-10"
 CUSTOMERS = 150
 DELTA = "io.delta:delta-spark_4.2_2.13:4.4.0"
 
-# 15 to 21 minutes on 2 cores: the reference run, eight killed and resumed runs (the last resume
-# in this process), an in-process rerun and two concurrent runs of one step (one in this
+# 15 to 21 minutes on 2 cores: the reference run, eight killed runs (each resumed in this
+# process), an in-process rerun and two concurrent runs of one step (one in this
 # process). CRM_E2E=0 skips it (for a quick local run of the other slow tests).
 pytestmark = [
     pytest.mark.slow,
@@ -244,22 +244,33 @@ def _wait_for(proc: subprocess.Popen, log: Path, marker: str, *, since: int = 0,
     return True
 
 
-def _kill_when(proc: subprocess.Popen, log: Path, marker: str, delay: float) -> bool:
-    """SIGKILL the driver and its JVM ``delay`` seconds after ``marker`` shows in the log."""
-    if not _wait_for(proc, log, marker):
+def _files(root: Path) -> set[str]:
+    """Every file under ``root`` but Delta's logs and the run bookkeeping table: data files and
+    report files."""
+    found = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in ("_delta_log", "ops_pipeline_runs")]
+        found.update(os.path.join(dirpath, f) for f in filenames)
+    return found
+
+
+def _kill_at_first_write(proc: subprocess.Popen, log: Path, step: str, where: Path, *, since: int) -> bool:
+    """SIGKILL the driver and its JVM the moment ``step``, once started, has written its first
+    file under ``where``: the step is then in the middle of its writes (a table's data files
+    are on disk, its commit usually still to come). False if the process ended first."""
+    if not _wait_for(proc, log, f"[{step}] started", since=since):
         return False
-    time.sleep(delay)
-    if proc.poll() is not None:
-        return False
+    before, deadline = _files(where), time.monotonic() + 900
+    while not _files(where) - before:
+        if proc.poll() is not None:
+            return False
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError(f"[{step}] wrote nothing under {where} in 15 minutes")
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     return True
-
-
-#: (log line that starts a step, seconds to wait before SIGKILL): one kill inside each step.
-KILL_POINTS = [("[ingest] started", 4.0), ("[refine] started", 4.0), ("[customer360] started", 3.0),
-               ("[value] started", 3.0), ("[segment] started", 4.0), ("[basket] started", 3.0),
-               ("[churn] started", 4.0), ("[report] started", 2.0)]
 
 
 def _history_is_whole(lake: Lake, table: str) -> bool:
@@ -268,24 +279,29 @@ def _history_is_whole(lake: Lake, table: str) -> bool:
 
 
 def test_killed_run_resumes_to_the_same_tables(spark, submitted, demo_data, tmp_path, monkeypatch):
-    """SIGKILL in the middle of each step, resume each time: the same rows as the clean run.
+    """SIGKILL in the middle of each step's writes, resume each time: the same rows as the clean run.
 
-    Each kill needs a process of its own; the last resume, which is killed no more, runs the
-    same command line in this process (no JVM to start).
+    For each step a process of its own resumes the run, reaches the step and is killed the
+    moment the step's first file is written (a table's data files, or the report's first
+    plot); the same command line with ``--resume --steps <step>`` then finishes the step in
+    this process (warm, no JVM to start), and the next process resumes from the step after.
     """
     from crm_mining.cli import main
 
     log = tmp_path / "run.log"
-    killed = []
-    for index, (marker, delay) in enumerate(KILL_POINTS):
-        proc = _run_cli(tmp_path, demo_data, *(["--resume"] if index else []))
-        if _kill_when(proc, log, marker, delay):
-            killed.append(marker)
-        with log.open("a") as fh:
-            fh.write(f"\n--- killed after '{marker}'\n")
-    assert len(killed) >= 6, f"the kills came too late to interrupt the steps: only {killed}"
     monkeypatch.delenv("CRM_PII_KEY", raising=False)  # the demo key, as in the killed runs
-    assert main(["run", *_settings(tmp_path, demo_data), "--resume"]) == 0
+    killed = []
+    for index, step in enumerate(STEPS):
+        seen = len(log.read_text(errors="replace")) if log.exists() else 0
+        proc = _run_cli(tmp_path, demo_data, *(["--resume"] if index else []))
+        where = tmp_path / ("reports" if step == "report" else "lake")
+        if _kill_at_first_write(proc, log, step, where, since=seen):
+            killed.append(step)
+        with log.open("a") as fh:
+            fh.write(f"\n{time.strftime('%H:%M:%S')} --- killed in the writes of '{step}'\n")
+        assert main(["run", *_settings(tmp_path, demo_data), "--resume", "--steps", step]) == 0, step
+    assert killed == STEPS, f"steps that ended before their first write could be interrupted: " \
+                            f"{[s for s in STEPS if s not in killed]}"
     reference = Lake(spark, root=str(submitted / "lake"), database="crm_reference")
     resumed = Lake(spark, root=str(tmp_path / "lake"), database="crm_resumed")
     deterministic = [t for t in CONTRACT_TABLES if t.startswith(("bronze_", "silver_", "quarantine_"))]
@@ -303,6 +319,7 @@ def test_killed_run_resumes_to_the_same_tables(spark, submitted, demo_data, tmp_
     assert {r["step"] for r in ops.filter("status = 'succeeded'").collect()} == set(STEPS)
     broken = [t for t in resumed.tables() if not _history_is_whole(resumed, t)]
     assert not broken, f"Delta history with gaps: {broken}"
+    assert (tmp_path / "reports" / "index.html").is_file()
 
 
 def test_second_identical_run_changes_no_table_contents(spark, submitted, demo_data, monkeypatch):
