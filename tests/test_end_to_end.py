@@ -14,9 +14,11 @@ import signal
 import subprocess
 import sys
 import time
+from functools import reduce
 from pathlib import Path
 
 import pytest
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from crm_mining.lake import Lake
@@ -102,14 +104,20 @@ def submitted(tmp_path_factory, demo_data) -> Path:
     return workdir
 
 
-def _table_digest(spark, lake: Lake, name: str) -> tuple[int, str]:
-    """Row count and an order-independent hash of a table's rows, run-specific columns left out."""
-    df = lake.read(name)
-    cols = [c for c in sorted(df.columns) if c not in RUN_COLUMNS]
-    row_hash = F.sha2(F.to_json(F.struct(*[F.col(c) for c in cols])), 256)
-    hashed = df.select(F.conv(F.substring(row_hash, 1, 15), 16, 10).cast("decimal(38,0)").alias("h"))
-    count, total = hashed.agg(F.count("*"), F.sum("h")).first()
-    return int(count), str(total)
+def _table_digests(spark, lake: Lake, names: list[str]) -> dict[str, tuple[int, str]]:
+    """Per table, the row count and an order-independent hash of its rows, run-specific columns
+    left out; one Spark job for all the tables."""
+    hashed = []
+    for name in names:
+        df = lake.read(name)
+        cols = [c for c in sorted(df.columns) if c not in RUN_COLUMNS]
+        row_hash = F.sha2(F.to_json(F.struct(*[F.col(c) for c in cols])), 256)
+        hashed.append(df.select(F.lit(name).alias("table"),
+                                F.conv(F.substring(row_hash, 1, 15), 16, 10).cast("decimal(38,0)").alias("h")))
+    union = reduce(DataFrame.unionAll, hashed)
+    found = {r["table"]: (int(r["rows"]), str(r["total"]))
+             for r in union.groupBy("table").agg(F.count("*").alias("rows"), F.sum("h").alias("total")).collect()}
+    return {name: found.get(name, (0, "None")) for name in names}
 
 
 def test_spark_submit_runs_the_demo_and_prints_where_outputs_are(submitted):
@@ -306,8 +314,8 @@ def test_killed_run_resumes_to_the_same_tables(spark, submitted, demo_data, tmp_
     resumed = Lake(spark, root=str(tmp_path / "lake"), database="crm_resumed")
     deterministic = [t for t in CONTRACT_TABLES if t.startswith(("bronze_", "silver_", "quarantine_"))]
     deterministic += ["gold_customer_360", "gold_customer_value"]
-    for table in deterministic:
-        assert _table_digest(spark, resumed, table) == _table_digest(spark, reference, table), table
+    got, want = _table_digests(spark, resumed, deterministic), _table_digests(spark, reference, deterministic)
+    assert [t for t in deterministic if got[t] != want[t]] == []
     for table in ["gold_segment_assignments", "gold_churn_scores", "gold_cross_sell_recommendations"]:
         got, want = resumed.read(table), reference.read(table)
         assert got.count() == want.count(), table
@@ -333,10 +341,10 @@ def test_second_identical_run_changes_no_table_contents(spark, submitted, demo_d
 
     lake = Lake(spark, root=str(submitted / "lake"), database="crm_rerun")
     tables = [t for t in CONTRACT_TABLES if t != "ops_pipeline_runs"]
-    before = {t: _table_digest(spark, lake, t) for t in tables}
+    before = _table_digests(spark, lake, tables)
     monkeypatch.delenv("CRM_PII_KEY", raising=False)  # the demo key, as in the submitted run
     assert main(["run", *_settings(submitted, demo_data)]) == 0
-    after = {t: _table_digest(spark, lake, t) for t in tables}
+    after = _table_digests(spark, lake, tables)
     changed = [t for t in tables if before[t] != after[t]]
     assert not changed, f"a rerun changed {changed}"
 
@@ -352,7 +360,7 @@ def test_two_runs_of_a_step_at_once_leave_the_tables_of_one(spark, submitted, de
 
     lake = Lake(spark, root=str(submitted / "lake"), database="crm_concurrent")
     tables = ["gold_customer_360"]
-    before = {t: _table_digest(spark, lake, t) for t in tables}
+    before = _table_digests(spark, lake, tables)
     log = submitted / "run.log"
     seen = len(log.read_text(errors="replace"))
     other = _run_cli(submitted, demo_data, "--steps", "customer360")
@@ -363,5 +371,5 @@ def test_two_runs_of_a_step_at_once_leave_the_tables_of_one(spark, submitted, de
     assert codes.count(0) >= 1, text[-5000:]
     if codes.count(0) == 1:  # the loser must say why
         assert "another run kept committing" in text, text[-5000:]
-    assert {t: _table_digest(spark, lake, t) for t in tables} == before
+    assert _table_digests(spark, lake, tables) == before
     assert all(_history_is_whole(lake, t) for t in [*tables, "ops_pipeline_runs"])
