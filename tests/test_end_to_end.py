@@ -16,6 +16,7 @@ import sys
 import time
 from functools import reduce
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from pyspark.sql import DataFrame
@@ -238,18 +239,26 @@ def _run_cli(workdir: Path, data: Path, *extra: str) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def _wait_for(proc: subprocess.Popen, log: Path, marker: str, *, since: int = 0, timeout: float = 900) -> bool:
-    """Wait until ``marker`` shows in ``log`` after its first ``since`` characters: True, or
-    False if the process ended first."""
+def _poll(proc: subprocess.Popen, ready: Callable[[], bool], what: Callable[[], str], *,
+          timeout: float = 900, interval: float = 0.2) -> bool:
+    """Wait until ``ready()``: True, or False if the process ended first; past ``timeout`` the
+    process group is killed and the test fails saying ``what()`` it waited for."""
     deadline = time.monotonic() + timeout
-    while marker not in log.read_text(errors="replace")[since:]:
+    while not ready():
         if proc.poll() is not None:
             return False
         if time.monotonic() > deadline:
             os.killpg(proc.pid, signal.SIGKILL)
-            raise AssertionError(f"'{marker}' never appeared in {log}: {log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.2)
+            raise AssertionError(f"waited {timeout:.0f} s in vain for {what()}")
+        time.sleep(interval)
     return True
+
+
+def _wait_for(proc: subprocess.Popen, log: Path, marker: str, *, since: int = 0, timeout: float = 900) -> bool:
+    """Wait until ``marker`` shows in ``log`` after its first ``since`` characters: True, or
+    False if the process ended first."""
+    return _poll(proc, lambda: marker in log.read_text(errors="replace")[since:],
+                 lambda: f"'{marker}' in {log}: {log.read_text(errors='replace')[-3000:]}", timeout=timeout)
 
 
 def _files(root: Path) -> set[str]:
@@ -268,14 +277,10 @@ def _kill_at_first_write(proc: subprocess.Popen, log: Path, step: str, where: Pa
     are on disk, its commit usually still to come). False if the process ended first."""
     if not _wait_for(proc, log, f"[{step}] started", since=since):
         return False
-    before, deadline = _files(where), time.monotonic() + 900
-    while not _files(where) - before:
-        if proc.poll() is not None:
-            return False
-        if time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise AssertionError(f"[{step}] wrote nothing under {where} in 15 minutes")
-        time.sleep(0.05)
+    before = _files(where)
+    if not _poll(proc, lambda: bool(_files(where) - before), lambda: f"a file written by [{step}] under {where}",
+                 interval=0.05):
+        return False
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     return True
@@ -314,8 +319,9 @@ def test_killed_run_resumes_to_the_same_tables(spark, submitted, demo_data, tmp_
     resumed = Lake(spark, root=str(tmp_path / "lake"), database="crm_resumed")
     deterministic = [t for t in CONTRACT_TABLES if t.startswith(("bronze_", "silver_", "quarantine_"))]
     deterministic += ["gold_customer_360", "gold_customer_value"]
-    got, want = _table_digests(spark, resumed, deterministic), _table_digests(spark, reference, deterministic)
-    assert [t for t in deterministic if got[t] != want[t]] == []
+    resumed_digests = _table_digests(spark, resumed, deterministic)
+    reference_digests = _table_digests(spark, reference, deterministic)
+    assert [t for t in deterministic if resumed_digests[t] != reference_digests[t]] == []
     for table in ["gold_segment_assignments", "gold_churn_scores", "gold_cross_sell_recommendations"]:
         got, want = resumed.read(table), reference.read(table)
         assert got.count() == want.count(), table
