@@ -105,7 +105,7 @@ def submitted(tmp_path_factory, demo_data) -> Path:
     return workdir
 
 
-def _table_digests(spark, lake: Lake, names: list[str]) -> dict[str, tuple[int, str]]:
+def _table_digests(lake: Lake, names: list[str]) -> dict[str, tuple[int, str]]:
     """Per table, the row count and an order-independent hash of its rows, run-specific columns
     left out; one Spark job for all the tables."""
     hashed = []
@@ -319,8 +319,8 @@ def test_killed_run_resumes_to_the_same_tables(spark, submitted, demo_data, tmp_
     resumed = Lake(spark, root=str(tmp_path / "lake"), database="crm_resumed")
     deterministic = [t for t in CONTRACT_TABLES if t.startswith(("bronze_", "silver_", "quarantine_"))]
     deterministic += ["gold_customer_360", "gold_customer_value"]
-    resumed_digests = _table_digests(spark, resumed, deterministic)
-    reference_digests = _table_digests(spark, reference, deterministic)
+    resumed_digests = _table_digests(resumed, deterministic)
+    reference_digests = _table_digests(reference, deterministic)
     assert [t for t in deterministic if resumed_digests[t] != reference_digests[t]] == []
     for table in ["gold_segment_assignments", "gold_churn_scores", "gold_cross_sell_recommendations"]:
         got, want = resumed.read(table), reference.read(table)
@@ -347,10 +347,10 @@ def test_second_identical_run_changes_no_table_contents(spark, submitted, demo_d
 
     lake = Lake(spark, root=str(submitted / "lake"), database="crm_rerun")
     tables = [t for t in CONTRACT_TABLES if t != "ops_pipeline_runs"]
-    before = _table_digests(spark, lake, tables)
+    before = _table_digests(lake, tables)
     monkeypatch.delenv("CRM_PII_KEY", raising=False)  # the demo key, as in the submitted run
     assert main(["run", *_settings(submitted, demo_data)]) == 0
-    after = _table_digests(spark, lake, tables)
+    after = _table_digests(lake, tables)
     changed = [t for t in tables if before[t] != after[t]]
     assert not changed, f"a rerun changed {changed}"
 
@@ -366,7 +366,7 @@ def test_two_runs_of_a_step_at_once_leave_the_tables_of_one(spark, submitted, de
 
     lake = Lake(spark, root=str(submitted / "lake"), database="crm_concurrent")
     tables = ["gold_customer_360"]
-    before = _table_digests(spark, lake, tables)
+    before = _table_digests(lake, tables)
     log = submitted / "run.log"
     seen = len(log.read_text(errors="replace"))
     other = _run_cli(submitted, demo_data, "--steps", "customer360")
@@ -377,5 +377,5 @@ def test_two_runs_of_a_step_at_once_leave_the_tables_of_one(spark, submitted, de
     assert codes.count(0) >= 1, text[-5000:]
     if codes.count(0) == 1:  # the loser must say why
         assert "another run kept committing" in text, text[-5000:]
-    assert _table_digests(spark, lake, tables) == before
+    assert _table_digests(lake, tables) == before
     assert all(_history_is_whole(lake, t) for t in [*tables, "ops_pipeline_runs"])
