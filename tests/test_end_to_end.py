@@ -60,9 +60,11 @@ def _settings(workdir: Path, data: Path) -> list[str]:
         "--set", f"sources.customer_link.path={data / 'link'}",
         "--set", "spark.shuffle_partitions=4", "--set", f"demo.customers={CUSTOMERS}",
         # lighter model searches: this suite checks the run contract, the model tests check quality
-        # (a sweep of k = 3, 4 and one regularisation value for LR, which skips its validation fits)
+        # (a sweep of k = 3, 4 and one regularisation value for LR, which skips its validation fits;
+        # two training cutoffs; no holdout checks, which the value and basket step tests cover)
         "--set", "segment.seeds=1", "--set", "segment.stability_reseeds=1", "--set", "segment.k_max=4",
         "--set", "churn.gbt_max_iter=10", "--set", "churn.gbt_max_depth=[3]", "--set", "churn.lr_reg_param=[0.01]",
+        "--set", "churn.n_cutoffs=2", "--set", "value.clv.holdout_days=0", "--set", "basket.evaluation.enabled=false",
         "--as-of", AS_OF,
     ]
 
