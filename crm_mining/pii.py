@@ -3,14 +3,18 @@
 The key comes from the environment (``CRM_PII_KEY`` by default), never from a file, so the
 outputs cannot be joined back to raw ids without it. HMAC is built from Spark's own ``sha2``
 on the padded key (RFC 2104), so no Python UDF runs per row and no id leaves the executors.
+The padded key enters the query as a scalar subquery over a one-row table, never as a literal:
+literals print in every plan (``explain``, the Spark UI, event logs kept by a history server),
+and the pads give the key back with one XOR.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+import weakref
 
-from pyspark.sql import Column
+from pyspark.sql import Column, SparkSession
 from pyspark.sql import functions as F
 
 log = logging.getLogger(__name__)
@@ -56,12 +60,26 @@ def hmac_sha256(value: Column, key: bytes) -> Column:
     --------
     >>> df.select(hmac_sha256(F.col("customer_id"), b"secret").alias("customer_key"))
     """
-    k = _padded(key)
-    inner_pad = bytes(b ^ 0x36 for b in k)
-    outer_pad = bytes(b ^ 0x5C for b in k)
+    inner_pad, outer_pad = _pads(key)
     message = F.encode(value.cast("string"), "UTF-8")
-    inner = F.unhex(F.sha2(F.concat(F.lit(inner_pad), message), 256))
-    return F.sha2(F.concat(F.lit(outer_pad), inner), 256)
+    inner = F.unhex(F.sha2(F.concat(inner_pad, message), 256))
+    return F.sha2(F.concat(outer_pad, inner), 256)
+
+
+#: session → key → its pads: one table per key, so Spark computes the subqueries once per query.
+_PADS: "weakref.WeakKeyDictionary[SparkSession, dict[bytes, tuple[Column, Column]]]" = weakref.WeakKeyDictionary()
+
+
+def _pads(key: bytes) -> tuple[Column, Column]:
+    """The inner and outer HMAC pads as scalar subqueries of the active session (no literal)."""
+    spark = SparkSession.active()
+    known = _PADS.setdefault(spark, {})
+    if key not in known:
+        k = _padded(key)
+        pads = spark.createDataFrame([(bytes(b ^ 0x36 for b in k), bytes(b ^ 0x5C for b in k))],
+                                     "inner_pad binary, outer_pad binary")
+        known[key] = (pads.select("inner_pad").scalar(), pads.select("outer_pad").scalar())
+    return known[key]
 
 
 def pseudonymize(value: Column, key: bytes, *, namespace: str) -> Column:

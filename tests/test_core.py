@@ -194,6 +194,24 @@ def test_hmac_matches_python_hmac(spark):
         assert got[i] == hmac.new(key, i.encode(), hashlib.sha256).hexdigest()
 
 
+def test_the_key_shows_in_no_query_plan(spark, capsys):
+    # Plans reach explain output, the Spark UI and event logs; a pad there gives the key back.
+    from pyspark.sql import functions as F
+
+    from crm_mining.pii import _padded, pseudonymize
+
+    key = b"plan-secret"
+    secrets = [key.hex().upper(), *(bytes(b ^ pad for b in _padded(key)).hex().upper() for pad in (0x36, 0x5C))]
+    df = spark.createDataFrame([("17850",)], "id string").select(
+        pseudonymize(F.col("id"), key, namespace="retail").alias("customer_key"))
+    assert df.first()["customer_key"] == hmac.new(key, b"retail:17850", hashlib.sha256).hexdigest()[:24]
+    df.explain(mode="extended")
+    plans = capsys.readouterr().out.upper()
+    assert "SHA2" in plans  # the plans were printed
+    assert [s for s in secrets if s in plans] == []
+    assert "SUBQUERY" in plans  # the pads are read from a one-row table
+
+
 def test_missing_key_outside_demo_fails(monkeypatch):
     from crm_mining.pii import MissingKeyError, resolve_key
 
