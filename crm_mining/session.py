@@ -3,8 +3,8 @@
 Under ``spark-submit`` or on a managed cluster a session (or its settings) already exists and
 is used as it is: nothing here overrides it. Only when crm-mining starts Spark itself does it
 choose local settings: Delta from Maven Central through ``configure_spark_with_delta_pip``
-(resolved once into the Ivy cache), AQE on, small shuffle partitions, UI off, Python workers
-on the interpreter that runs crm-mining.
+(resolved once into the Ivy cache), AQE on, small shuffle partitions, UI off, the parallel
+garbage collector, Python workers on the interpreter that runs crm-mining.
 """
 from __future__ import annotations
 
@@ -26,16 +26,29 @@ def _launched_by_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ or "SPARK_ENV_LOADED" in os.environ
 
 
+#: ``spark.gc`` → the JVM option choosing that garbage collector (``None``: the JVM's default).
+GC_OPTIONS = {"parallel": "-XX:+UseParallelGC", "g1": "-XX:+UseG1GC", None: ""}
+
+
+def _java_options(spark_cfg: Mapping[str, Any]) -> str:
+    gc = spark_cfg.get("gc", "parallel")
+    if gc not in GC_OPTIONS:
+        raise ValueError(f"spark.gc: {gc!r} is not a garbage collector crm-mining knows "
+                         f"(parallel, g1, or null for the JVM's default)")
+    stack = spark_cfg.get("thread_stack") or "32m"
+    return " ".join(o for o in (f"-Xss{stack}", "-Duser.timezone=UTC", GC_OPTIONS[gc]) if o)
+
+
 def local_settings(spark_cfg: Mapping[str, Any]) -> dict[str, str]:
     """The Spark settings crm-mining uses for a session it creates itself."""
-    stack = spark_cfg.get("thread_stack") or "32m"
+    java_options = _java_options(spark_cfg)
     settings = {
         "spark.sql.extensions": DELTA_EXTENSION,
         "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
         "spark.driver.memory": str(spark_cfg.get("driver_memory") or "4g"),
         # UTC everywhere: event timestamps carry no zone and dates must not shift.
-        "spark.driver.extraJavaOptions": f"-Xss{stack} -Duser.timezone=UTC",
-        "spark.executor.extraJavaOptions": f"-Xss{stack} -Duser.timezone=UTC",
+        "spark.driver.extraJavaOptions": java_options,
+        "spark.executor.extraJavaOptions": java_options,
         "spark.sql.adaptive.enabled": "true",
         "spark.sql.adaptive.coalescePartitions.enabled": "true",
         "spark.sql.shuffle.partitions": str(spark_cfg.get("shuffle_partitions") or 8),
@@ -59,7 +72,7 @@ def get_spark(spark_cfg: Mapping[str, Any] | None = None) -> SparkSession:
     Parameters
     ----------
     spark_cfg : the ``spark`` section of the configuration (``master``, ``driver_memory``,
-        ``shuffle_partitions``, ``thread_stack``, ``ui``, ``log_level``, ``conf``).
+        ``shuffle_partitions``, ``thread_stack``, ``gc``, ``ui``, ``log_level``, ``conf``).
 
     Examples
     --------

@@ -61,6 +61,25 @@ def test_spark_conf_passes_any_spark_setting_through(tmp_path):
                                            "spark.driver.extraJavaOptions": "-Xss64m -Dx=1"}
 
 
+def test_garbage_collector_is_chosen_by_name_and_the_session_runs_it(spark):
+    from crm_mining.session import local_settings
+
+    def driver_options(**cfg) -> str:
+        return local_settings(cfg)["spark.driver.extraJavaOptions"]
+
+    assert driver_options() == "-Xss32m -Duser.timezone=UTC -XX:+UseParallelGC"
+    assert driver_options(gc="g1", thread_stack="64m") == "-Xss64m -Duser.timezone=UTC -XX:+UseG1GC"
+    assert driver_options(gc=None) == "-Xss32m -Duser.timezone=UTC"
+    assert local_settings({"gc": "g1"})["spark.executor.extraJavaOptions"].endswith("-XX:+UseG1GC")
+    with pytest.raises(ValueError, match=r"spark.gc: 'zgc'"):
+        local_settings({"gc": "zgc"})
+    assert load_config().get("spark")["gc"] == "parallel"
+    # the test session is built by get_spark as the CLI builds its own: its JVM runs the parallel
+    # collector (whose young and old generation beans are "PS Scavenge" and "PS MarkSweep")
+    beans = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getGarbageCollectorMXBeans()
+    assert sorted(bean.getName() for bean in beans) == ["PS MarkSweep", "PS Scavenge"]
+
+
 def test_parse_override_needs_equals():
     with pytest.raises(ConfigError, match="key.path=value"):
         parse_override("lake.root")

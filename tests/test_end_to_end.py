@@ -98,7 +98,8 @@ def submitted(tmp_path_factory, demo_data) -> Path:
            "--conf", "spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog",
            "--conf", "spark.sql.shuffle.partitions=4", "--conf", "spark.ui.enabled=false",
            "--conf", "spark.databricks.delta.snapshotPartitions=2",
-           "--driver-java-options", "-Xss32m -Duser.timezone=UTC",
+           # the settings crm-mining picks for a session of its own (spark.thread_stack, spark.gc)
+           "--driver-java-options", "-Xss32m -Duser.timezone=UTC -XX:+UseParallelGC",
            "--conf", "spark.sql.session.timeZone=UTC",
            str(REPO / "jobs" / "run_pipeline.py"), *_settings(workdir, demo_data)]
     log = workdir / "run.log"
