@@ -9,6 +9,7 @@ garbage collector, Python workers on the interpreter that runs crm-mining.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from typing import Any, Mapping
@@ -102,6 +103,26 @@ def get_spark(spark_cfg: Mapping[str, Any] | None = None) -> SparkSession:
         spark = configure_spark_with_delta_pip(builder).getOrCreate()
     spark.sparkContext.setLogLevel(spark_cfg.get("log_level") or "WARN")
     return spark
+
+
+def partitions_for(rows: int, *, rows_per_partition: int, max_partitions: int) -> int:
+    """One partition per ``rows_per_partition`` rows, at least one and at most ``max_partitions``.
+
+    For the inputs of iterative pyspark.ml fits (K-Means, L-BFGS, boosted trees): every
+    iteration is a Spark job with a task per partition, so on small data spread over the
+    shuffle partitions the tasks' own overhead, not the maths, sets the time.
+
+    Examples
+    --------
+    >>> partitions_for(8_400, rows_per_partition=25_000, max_partitions=32)
+    1
+    >>> partitions_for(91_600, rows_per_partition=25_000, max_partitions=32)
+    4
+    """
+    if rows < 0 or rows_per_partition < 1 or max_partitions < 1:
+        raise ValueError(f"rows must be >= 0, rows_per_partition and max_partitions >= 1; "
+                         f"got {rows}, {rows_per_partition}, {max_partitions}")
+    return max(1, min(max_partitions, math.ceil(rows / rows_per_partition)))
 
 
 def describe_jobs(spark: SparkSession, description: str) -> None:

@@ -20,7 +20,6 @@ import dataclasses
 import datetime as dt
 import functools
 import logging
-import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -30,6 +29,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ..pipeline import StepContext, StepResult
+from ..session import partitions_for
 from . import model as M
 from .profiles import distance_to_centroid, mapping_statement, segment_name, segment_profiles, unique_names
 from .stability import align_segments, segment_migration, to_current_space
@@ -187,9 +187,7 @@ def vector_partitions(customers: int, *, max_partitions: int) -> int:
     >>> vector_partitions(8_400, max_partitions=32), vector_partitions(91_600, max_partitions=32)
     (1, 4)
     """
-    if customers < 0 or max_partitions < 1:
-        raise ValueError(f"customers must be >= 0 and max_partitions >= 1, got {customers}, {max_partitions}")
-    return max(1, min(max_partitions, math.ceil(customers / CUSTOMERS_PER_PARTITION)))
+    return partitions_for(customers, rows_per_partition=CUSTOMERS_PER_PARTITION, max_partitions=max_partitions)
 
 
 def fit_segments(features: DataFrame, *, domain: str, feature_cols: Sequence[str], settings: SegmentSettings,
