@@ -208,6 +208,23 @@ def test_train_settings_are_checked():
         train.TrainSettings.from_config({"train_ratio": 1.0}, seed=3)
 
 
+def test_training_layout_follows_the_rows_and_not_their_arrival(spark):
+    per = train.ROWS_PER_PARTITION  # the test session has 4 shuffle partitions
+    rows = [(f"c{i % 40}", D(2011, 6, 1) + dt.timedelta(days=30 * (i // 40)), float(i), i % 2) for i in range(120)]
+    schema = "customer_key string, cutoff_date date, spend_90d double, churned int"
+    straight = spark.createDataFrame(rows, schema)
+    shuffled = spark.createDataFrame(rows[::-1], schema).repartition(3)
+    assert train.training_layout(straight, rows=120).rdd.getNumPartitions() == 1
+    assert train.training_layout(straight, rows=100 * per).rdd.getNumPartitions() == 4
+    laid_out = train.training_layout(straight, rows=2 * per + 1)
+    assert laid_out.rdd.getNumPartitions() == 3
+    assertDataFrameEqual(laid_out, straight)
+    # the same rows arriving in another order and partitioning sit in the same places
+    assert train.training_layout(shuffled, rows=2 * per + 1).rdd.glom().collect() == laid_out.rdd.glom().collect()
+    with pytest.raises(ValueError, match="rows must be >= 0"):
+        train.training_layout(straight, rows=-1)
+
+
 def test_champion_rule():
     assert registry.beats_champion(challenger=0.5, champion=None)
     assert registry.beats_champion(challenger=0.61, champion=0.60)

@@ -88,11 +88,12 @@ def scoring_features(spark: SparkSession, domain: Domain, as_of: dt.date) -> Dat
 
 def fit_and_evaluate(data: DataFrame, *, features: Sequence[str], settings: train.TrainSettings,
                      test_cutoff: dt.date, cost_missed_churner: float = 5.0, cost_wasted_offer: float = 1.0,
-                     refit_on_all: bool = True) -> dict[str, Any]:
+                     refit_on_all: bool = True, rows: int | None = None) -> dict[str, Any]:
     """Fit LR and GBT on the cutoffs before ``test_cutoff``, evaluate on it, pick the better.
 
     Returns the out-of-time evaluations per algorithm, the chosen algorithm, its model (refit
-    on every cutoff when ``refit_on_all``) and the companion LR's reason weights.
+    on every cutoff when ``refit_on_all``) and the companion LR's reason weights. ``rows`` is
+    the count of ``data`` when the caller has it; it sizes the partitions the models fit on.
 
     Examples
     --------
@@ -100,6 +101,7 @@ def fit_and_evaluate(data: DataFrame, *, features: Sequence[str], settings: trai
     ...                        test_cutoff=dt.date(2011, 9, 9))
     >>> out["chosen"], out["evaluations"]["gbt"]["metrics"]["pr_auc"]
     """
+    data = train.training_layout(data, rows=data.count() if rows is None else int(rows)).persist()
     fit_rows, test_rows = train.out_of_time_split(data, test_cutoff=test_cutoff)
     fit_rows = train.with_class_weights(fit_rows).persist()
     test_rows = test_rows.persist()
@@ -120,6 +122,7 @@ def fit_and_evaluate(data: DataFrame, *, features: Sequence[str], settings: trai
         companion = final if chosen == "lr" else train.refit(
             companion, everything, algorithm="lr", features=features, settings=settings)
         everything.unpersist()
+    data.unpersist()
     return {"evaluations": evaluations, "chosen": chosen, "model": final,
             "reasons": train.reason_weights(companion, features),
             "importances": train.feature_importances(final, features),
@@ -236,7 +239,8 @@ def _train_domain(ctx: StepContext, domain: Domain, lines: DataFrame | None, cfg
         return {"rows": rows, "decision": None, "metrics": {}}
     out = fit_and_evaluate(data, features=domain.feature_names, settings=settings, test_cutoff=cutoffs[-1],
                            cost_missed_churner=float(cfg["cost_missed_churner"]),
-                           cost_wasted_offer=float(cfg["cost_wasted_offer"]), refit_on_all=bool(cfg["refit_on_all"]))
+                           cost_wasted_offer=float(cfg["cost_wasted_offer"]), refit_on_all=bool(cfg["refit_on_all"]),
+                           rows=rows)
     for algorithm, evaluation in out["evaluations"].items():
         _log_evaluation(domain.name, algorithm, evaluation)
     if lines is not None:

@@ -23,12 +23,18 @@ from pyspark.ml.tuning import ParamGridBuilder, TrainValidationSplit
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from ..session import partitions_for
 from .labels import CUTOFF_COL, LABEL_COL
 
 WEIGHT_COL = "class_weight"
 PROBABILITY_COL = "churn_probability"
 ALGORITHMS = ("lr", "gbt")
 METRIC_NAMES = {"pr_auc": "areaUnderPR", "roc_auc": "areaUnderROC"}
+#: Labelled rows per partition of the data the models fit on. Each boosting round and tree
+#: level of the GBT, and each L-BFGS iteration of LR, is a Spark job with a task per partition:
+#: spread over the shuffle partitions, a few hundred thousand rows spend their fits on task
+#: overhead.
+ROWS_PER_PARTITION = 100_000
 
 
 @dataclasses.dataclass
@@ -84,6 +90,24 @@ def with_class_weights(data: DataFrame, *, label_col: str = LABEL_COL) -> DataFr
     return data.withColumn(
         WEIGHT_COL, F.when(F.col(label_col) == 1, weights[1]).otherwise(weights[0])
     )
+
+
+def training_layout(data: DataFrame, *, rows: int) -> DataFrame:
+    """``data`` in one partition per :data:`ROWS_PER_PARTITION` rows (at most the shuffle
+    partitions), hashed and sorted by customer and cutoff.
+
+    The validation split and the GBT's split candidates sample rows partition by partition, so
+    a layout that depends on the rows alone, not on how they were joined, keeps refits equal.
+
+    Examples
+    --------
+    >>> training_layout(data, rows=400_000).rdd.getNumPartitions()     # 32 shuffle partitions
+    4
+    """
+    partitions = partitions_for(rows, rows_per_partition=ROWS_PER_PARTITION,
+                                max_partitions=int(data.sparkSession.conf.get("spark.sql.shuffle.partitions")))
+    keys = ("customer_key", CUTOFF_COL)
+    return data.repartition(partitions, *keys).sortWithinPartitions(*keys)
 
 
 def out_of_time_split(data: DataFrame, *, test_cutoff: dt.date) -> tuple[DataFrame, DataFrame]:
