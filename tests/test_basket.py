@@ -174,6 +174,17 @@ def test_guard_refuses_an_explosive_setting_before_mining(spark, monkeypatch):
     assert plan.baskets_over_cap == 1 and plan.pruned.count() == 7  # the basket ["e"] stays
 
 
+def test_planning_caches_the_baskets_only_while_it_needs_them(spark):
+    baskets = frame(spark, TOY)
+    plan = plan_mining(baskets, min_support=0.25)
+    assert not baskets.storageLevel.useMemory  # released once the pruned baskets are built
+    assert plan.pruned.count() == 6  # every basket but ["e"]
+    kept = frame(spark, TOY).cache()  # the caller's cache is the caller's to release
+    assert plan_mining(kept, min_support=0.25).frequent_items == plan.frequent_items == 4
+    assert kept.is_cached and kept.storageLevel.useMemory
+    kept.unpersist()
+
+
 def test_bound_is_an_upper_bound(spark):
     rng = np.random.default_rng(5)
     baskets = [sorted(set(rng.choice(12, size=rng.integers(1, 8), replace=False).astype(str))) for _ in range(300)]

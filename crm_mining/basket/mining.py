@@ -171,22 +171,31 @@ def plan_mining(baskets: DataFrame, *, min_support: float, max_basket_items: int
         raise ValueError(f"max_basket_items must be >= 2, got {max_basket_items}")
     if int(max_patterns) < 1:
         raise ValueError(f"max_patterns must be >= 1, got {max_patterns}")
-    n = baskets.count()
-    if n == 0:
-        raise ValueError("no baskets to mine (no sales lines before the as-of date?)")
-    min_count = min_count_for(min_support, n)
-    counts = item_counts(baskets, items_col=items_col)
-    frequent = counts.filter(F.col("count") >= min_count).cache()
-    info = {"min_support": min_support, "min_count": min_count, "baskets": n,
-            "frequent_items": frequent.count()}
-    if info["frequent_items"] > max_patterns:
-        frequent.unpersist()
-        _refuse(f"{info['frequent_items']} frequent items alone exceed basket.max_patterns={max_patterns}", info)
-    pruned = prune_baskets(baskets, frequent, basket_col=basket_col, items_col=items_col).cache()
-    k = F.col("n_items").cast("double")
-    stats = pruned.agg(F.count("*").alias("nonempty"),
-                       F.sum((F.col("n_items") > max_basket_items).cast("long")).alias("over_cap"),
-                       F.sum(F.when(F.col("n_items") <= max_basket_items, k * (k - 1) / 2)).alias("pairs")).first()
+    # The baskets are counted, item-counted and pruned: cached, they are built from the lines
+    # once instead of three times (unless the caller cached them already).
+    owned = not baskets.is_cached
+    baskets = baskets.persist() if owned else baskets
+    try:
+        n = baskets.count()
+        if n == 0:
+            raise ValueError("no baskets to mine (no sales lines before the as-of date?)")
+        min_count = min_count_for(min_support, n)
+        counts = item_counts(baskets, items_col=items_col)
+        frequent = counts.filter(F.col("count") >= min_count).cache()
+        info = {"min_support": min_support, "min_count": min_count, "baskets": n,
+                "frequent_items": frequent.count()}
+        if info["frequent_items"] > max_patterns:
+            frequent.unpersist()
+            _refuse(f"{info['frequent_items']} frequent items alone exceed basket.max_patterns={max_patterns}", info)
+        pruned = prune_baskets(baskets, frequent, basket_col=basket_col, items_col=items_col).cache()
+        k = F.col("n_items").cast("double")
+        # this aggregate fills the pruned cache, after which the baskets are no longer needed
+        stats = pruned.agg(F.count("*").alias("nonempty"),
+                           F.sum((F.col("n_items") > max_basket_items).cast("long")).alias("over_cap"),
+                           F.sum(F.when(F.col("n_items") <= max_basket_items, k * (k - 1) / 2)).alias("pairs")).first()
+    finally:
+        if owned:
+            baskets.unpersist()
     over_cap, pair_occurrences = int(stats["over_cap"] or 0), float(stats["pairs"] or 0.0)
     if over_cap:
         log.warning("basket mining: %d baskets hold more than %d frequent items and are left out",
