@@ -128,10 +128,15 @@ def _evaluate(ctx: StepContext, section: Mapping[str, Any], lines: DataFrame) ->
                      min_confidence=section["min_confidence"])
     after = retail_lines_before(lines, as_of=ctx.as_of, start=split, exclude_items=section["exclude_items"])
     popularity = item_counts(retail_baskets(train))
-    result = evaluate_hit_rate(train_holdings=customer_items(train), rules=rules,
-                               bought_after=customer_items(after), popularity=popularity,
-                               top_n=int(section["top_n"]), score_col=section["score"],
-                               candidates=int(settings["popularity_candidates"]))
+    # the rules' and the baseline's scoring each read both: built from the lines once
+    held, bought = customer_items(train).persist(), customer_items(after).persist()
+    try:
+        result = evaluate_hit_rate(train_holdings=held, rules=rules, bought_after=bought, popularity=popularity,
+                                   top_n=int(section["top_n"]), score_col=section["score"],
+                                   candidates=int(settings["popularity_candidates"]))
+    finally:
+        held.unpersist()
+        bought.unpersist()
     metrics = {"evaluation.customers": result["customers"], "evaluation.hit_rate_at_n": result["hit_rate_at_n"],
                "evaluation.baseline_hit_rate_at_n": result["baseline_hit_rate_at_n"],
                "evaluation.lift_over_baseline": result["lift_over_baseline"]}
