@@ -181,7 +181,9 @@ def test_planning_caches_the_baskets_only_while_it_needs_them(spark):
     assert plan.pruned.count() == 6  # every basket but ["e"]
     kept = frame(spark, TOY).cache()  # the caller's cache is the caller's to release
     assert plan_mining(kept, min_support=0.25).frequent_items == plan.frequent_items == 4
-    assert kept.is_cached and kept.storageLevel.useMemory
+    # also when it reaches planning as another DataFrame of the same plan
+    assert plan_mining(kept.select(*kept.columns), min_support=0.25).frequent_items == 4
+    assert kept.storageLevel.useMemory
     kept.unpersist()
 
 

@@ -27,6 +27,7 @@ import dataclasses
 import logging
 import math
 
+from pyspark import StorageLevel
 from pyspark.ml.fpm import FPGrowth
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -172,9 +173,10 @@ def plan_mining(baskets: DataFrame, *, min_support: float, max_basket_items: int
     if int(max_patterns) < 1:
         raise ValueError(f"max_patterns must be >= 1, got {max_patterns}")
     # The baskets are counted, item-counted and pruned: cached, they are built from the lines
-    # once instead of three times (unless the caller cached them already).
-    owned = not baskets.is_cached
-    baskets = baskets.persist() if owned else baskets
+    # once instead of three times (unless a cache of the same plan exists already).
+    owned = baskets.storageLevel == StorageLevel.NONE
+    if owned:
+        baskets.persist()
     try:
         n = baskets.count()
         if n == 0:
