@@ -11,7 +11,8 @@ from pyspark.testing import assertDataFrameEqual
 from crm_mining.segment import model as M
 from crm_mining.segment.profiles import segment_name, segment_profiles, unique_names
 from crm_mining.segment.stability import align_segments, segment_migration, to_current_space
-from crm_mining.segment.step import CUSTOMERS_PER_PARTITION, SegmentSettings, fit_segments, vector_partitions
+from crm_mining.segment.step import CUSTOMERS_PER_PARTITION, SegmentSettings, fit_segments
+from crm_mining.session import partitions_for
 
 FEATURES = ["net_spend", "invoices", "recency_days", "tenure_days", "avg_basket_value"]
 # Planted segments: (share, log-means of the features above). Spend-like features are
@@ -155,10 +156,10 @@ def test_migration_counts_by_hand(spark):
 
 def test_vector_partitions_follow_the_customers_up_to_the_shuffle_partitions():
     per = CUSTOMERS_PER_PARTITION
-    assert [vector_partitions(n, max_partitions=8) for n in (0, 1, per, per + 1, 3 * per, 100 * per)] == \
-        [1, 1, 1, 2, 3, 8]
+    assert [partitions_for(n, rows_per_partition=per, max_partitions=8)
+            for n in (0, 1, per, per + 1, 3 * per, 100 * per)] == [1, 1, 1, 2, 3, 8]
     with pytest.raises(ValueError, match="max_partitions"):
-        vector_partitions(10, max_partitions=0)
+        partitions_for(10, rows_per_partition=per, max_partitions=0)
 
 
 # -- whole fits ------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from pyspark.ml.tuning import ParamGridBuilder, TrainValidationSplit
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from ..session import partitions_for
+from ..session import laid_out_by
 from .labels import CUTOFF_COL, LABEL_COL
 
 WEIGHT_COL = "class_weight"
@@ -104,10 +104,7 @@ def training_layout(data: DataFrame, *, rows: int) -> DataFrame:
     >>> training_layout(data, rows=400_000).rdd.getNumPartitions()     # 32 shuffle partitions
     4
     """
-    partitions = partitions_for(rows, rows_per_partition=ROWS_PER_PARTITION,
-                                max_partitions=int(data.sparkSession.conf.get("spark.sql.shuffle.partitions")))
-    keys = ("customer_key", CUTOFF_COL)
-    return data.repartition(partitions, *keys).sortWithinPartitions(*keys)
+    return laid_out_by(data, "customer_key", CUTOFF_COL, rows=rows, rows_per_partition=ROWS_PER_PARTITION)
 
 
 def out_of_time_split(data: DataFrame, *, test_cutoff: dt.date) -> tuple[DataFrame, DataFrame]:

@@ -29,7 +29,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ..pipeline import StepContext, StepResult
-from ..session import partitions_for
+from ..session import laid_out_by
 from . import model as M
 from .profiles import distance_to_centroid, mapping_statement, segment_name, segment_profiles, unique_names
 from .stability import align_segments, segment_migration, to_current_space
@@ -178,18 +178,6 @@ def _previous_centers(previous: Sequence[Mapping[str, Any]] | None, feature_cols
     return to_current_space(transformed, mean=mean, std=std), [int(r["segment_id"]) for r in previous]
 
 
-def vector_partitions(customers: int, *, max_partitions: int) -> int:
-    """Partitions for a domain's vectors: one per :data:`CUSTOMERS_PER_PARTITION` customers,
-    at least one and at most ``max_partitions`` (the session's shuffle partitions).
-
-    Examples
-    --------
-    >>> vector_partitions(8_400, max_partitions=32), vector_partitions(91_600, max_partitions=32)
-    (1, 4)
-    """
-    return partitions_for(customers, rows_per_partition=CUSTOMERS_PER_PARTITION, max_partitions=max_partitions)
-
-
 def fit_segments(features: DataFrame, *, domain: str, feature_cols: Sequence[str], settings: SegmentSettings,
                  seed: int, value_col: str | None = None, key_col: str = "customer_key",
                  previous: Sequence[Mapping[str, Any]] | None = None,
@@ -214,9 +202,8 @@ def fit_segments(features: DataFrame, *, domain: str, feature_cols: Sequence[str
     # K-Means|| initialisation and the silhouette sample depend on which rows sit in which
     # partition, in which order: a fixed layout by customer makes a rerun on rewritten input
     # files give the same clusters. Its size follows the data, capped by the shuffle partitions.
-    partitions = vector_partitions(features.count() if customers is None else int(customers),
-                                   max_partitions=int(features.sparkSession.conf.get("spark.sql.shuffle.partitions")))
-    data = features.select(*keep).repartition(partitions, key_col).sortWithinPartitions(key_col)
+    data = laid_out_by(features.select(*keep), key_col, rows_per_partition=CUSTOMERS_PER_PARTITION,
+                       rows=features.count() if customers is None else int(customers))
     prep = M.feature_pipeline(data, feature_cols=cols, transform=settings.transform,
                               cap_quantiles=settings.cap_quantiles,
                               quantile_buckets=settings.quantile_buckets).fit(data)
