@@ -233,12 +233,17 @@ def frequent_itemsets(plan: MiningPlan, *, items_col: str = "items", num_partiti
     in, so partitions beyond the cores only multiply that work: on 1.25M generated baskets at
     min support 0.005, 2 partitions mined in 246 s, 4 in 346 s and the input's 32 in 421 s.
     """
-    data = plan.pruned.select(items_col)
-    mined = data.count()
     spark = plan.pruned.sparkSession
+    cores = spark.sparkContext.defaultParallelism
+    # Each input partition builds a partial FP-tree for every mining partition, and all of
+    # them are serialised, shuffled and merged: one input partition per core builds the
+    # fewest. On 1.25M generated baskets at min support 0.005 (2 cores), mining took 179 s
+    # from the 32 partitions of the pruned baskets and 142 s from 2.
+    data = plan.pruned.select(items_col).coalesce(cores)
+    mined = data.count()
     if mined == 0:
         return spark.createDataFrame([], "items array<string>, count long")
     fp = FPGrowth(itemsCol=items_col, minSupport=(plan.min_count - 0.5) / mined, minConfidence=1.0)
-    fp = fp.setNumPartitions(int(num_partitions or spark.sparkContext.defaultParallelism))
+    fp = fp.setNumPartitions(int(num_partitions or cores))
     model = fp.fit(data)
     return model.freqItemsets.select(F.array_sort("items").alias("items"), F.col("freq").alias("count"))
