@@ -140,7 +140,11 @@ def clustering_estimator(algorithm: str, *, k: int, seed: int, max_iter: int = 4
     common = dict(k=int(k), seed=int(seed), maxIter=int(max_iter), featuresCol=features_col,
                   predictionCol=prediction_col)
     if algorithm == "kmeans":
-        return KMeans(initMode="k-means||", initSteps=int(init_steps), tol=tol, **common)
+        # The block solver stacks the vectors into matrices it caches itself. The row solver,
+        # which "auto" picks for these dense vectors, caches nothing when its input is cached
+        # and so decodes every vector from the DataFrame cache on each iteration: the same
+        # centres, 3 times slower (6 fits on 108,000 customers in 5 partitions: 25 s, not 80).
+        return KMeans(initMode="k-means||", initSteps=int(init_steps), tol=tol, solver="block", **common)
     if algorithm == "bisecting":
         return BisectingKMeans(**common)
     return GaussianMixture(tol=tol, probabilityCol=f"_seg_probability_{prediction_col}", **common)
