@@ -284,6 +284,7 @@ def test_step_writes_rules_and_recommendations(spark, synth_dir, make_config):
 # --------------------------------------------------------------------------- UCI Online Retail
 
 @pytest.mark.slow
+@pytest.mark.real_data
 def test_uci_rules_equal_mlxtend(spark):
     path = shared_path("online_retail", "online_retail.csv")
     lines = read_retail_csv(spark, path)
@@ -303,6 +304,7 @@ def test_uci_rules_equal_mlxtend(spark):
 
 
 @pytest.mark.slow
+@pytest.mark.real_data
 def test_uci_recommendations_beat_the_popularity_baseline(spark, make_config):
     """Rules mined before 2011-09-11 (the step's 90-day holdout), checked on purchases after it."""
     section = make_config()["basket"]

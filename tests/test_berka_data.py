@@ -13,7 +13,7 @@ from crm_mining.refine.bank import TABLES, refine_bank
 from conftest import shared_path
 from test_refine_bank import reconcile
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.real_data]
 KEY = b"berka-test-key"
 
 

@@ -322,6 +322,7 @@ def test_step_on_planted_churners(spark, make_config, planted):
 
 # -- UCI Online Retail: out-of-time quality against scikit-learn --------------------------------
 @pytest.mark.slow
+@pytest.mark.real_data
 def test_online_retail_out_of_time_matches_sklearn(spark):
     from sklearn.ensemble import GradientBoostingClassifier
     from sklearn.metrics import average_precision_score, roc_auc_score

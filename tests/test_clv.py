@@ -114,6 +114,7 @@ def cdnow_lines(spark, path):
 
 
 @pytest.mark.slow
+@pytest.mark.real_data
 def test_cdnow_published_estimates_through_spark(spark):
     path = shared_path("cdnow", "CDNOW_sample.txt")
     lines = cdnow_lines(spark, path).cache()

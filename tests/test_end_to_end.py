@@ -24,6 +24,7 @@ import pytest
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from conftest import SMALL_DATA_CONF
 from crm_mining.lake import Lake
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,6 +62,8 @@ def _settings(workdir: Path, data: Path) -> list[str]:
         "--set", f"sources.berka.path={data / 'berka'}",
         "--set", f"sources.customer_link.path={data / 'link'}",
         "--set", "spark.shuffle_partitions=4", "--set", f"demo.customers={CUSTOMERS}",
+        # the demo's small tables run interpreted projections, as in this test process (conftest)
+        *[a for key, value in SMALL_DATA_CONF.items() for a in ("--set", f"spark.conf.{key}={value}")],
         # lighter model searches: this suite checks the run contract, the model tests check quality
         # (a sweep of k = 3, 4 and one regularisation value for LR, which skips its validation fits;
         # two training cutoffs; no holdout checks, which the value and basket step tests cover)
@@ -98,6 +101,7 @@ def submitted(tmp_path_factory, demo_data) -> Path:
            "--conf", "spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog",
            "--conf", "spark.sql.shuffle.partitions=4", "--conf", "spark.ui.enabled=false",
            "--conf", "spark.databricks.delta.snapshotPartitions=2",
+           *[a for key, value in SMALL_DATA_CONF.items() for a in ("--conf", f"{key}={value}")],
            # the settings crm-mining picks for a session of its own (spark.thread_stack, spark.gc)
            "--driver-java-options", "-Xss32m -Duser.timezone=UTC -XX:+UseParallelGC",
            "--conf", "spark.sql.session.timeZone=UTC",

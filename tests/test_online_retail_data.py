@@ -38,6 +38,7 @@ def expected_reasons(raw: pd.DataFrame, codes: list[str], patterns: list[str]) -
 
 
 @pytest.mark.slow
+@pytest.mark.real_data
 def test_uci_online_retail_ingest_and_refine(spark, make_config):
     from crm_mining.lake import Lake
     from crm_mining.pipeline import run_pipeline

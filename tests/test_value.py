@@ -163,6 +163,7 @@ def silver_from_uci_csv(spark, path) -> DataFrame:
 
 
 @pytest.mark.slow
+@pytest.mark.real_data
 def test_uci_rfm_equals_pandas(spark):
     path = shared_path("online_retail", "online_retail.csv")
     as_of = dt.date(2011, 12, 10)
