@@ -26,23 +26,28 @@ TEST_BUDGET_S = float(os.environ.get("CRM_TEST_BUDGET_S") or 0)
 TEST_HARD_BUDGET_S = float(os.environ.get("CRM_TEST_HARD_BUDGET_S") or 0)
 
 
-#: How Spark builds projections, orderings and encoders outside whole-stage code (Delta's log
-#: replays, windows, sorts, Dataset encoders): compiled for each query in every task
-#: (``FALLBACK``, Spark's default) or interpreted (``NO_CODEGEN``). On the small tables of most
-#: tests the code costs more to generate and compile than it saves, so they run interpreted, as
-#: Spark's own test suites also run its expressions. Measured on 2 cores: tests/test_value.py,
-#: test_customer360.py and test_report.py took 167.0 s against 191.5 s; the demo pipeline of the
-#: end-to-end suite 222 s against 280 s. Tests on the real datasets (marked ``real_data``) run
-#: compiled: UCI ingest + refine took 158 s interpreted against 87 s. Not a default of
-#: crm-mining itself: at 10M lines its refine step took 885 s interpreted against 450 s.
+#: How Spark runs the operators of a query on the small tables of most tests: interpreted, as
+#: Spark's own test suites also run its expressions. Compiled code (Spark's defaults: whole-stage
+#: code for the operators, ``FALLBACK`` for the projections, orderings and encoders outside it,
+#: Delta's log replays among them) is generated and compiled anew for every query, and on a few
+#: hundred rows that costs more than it saves. Measured on 2 cores, for tests/test_value.py,
+#: test_customer360.py and test_report.py: 191.5 s compiled, 167.0 s with the projections
+#: interpreted; on a faster day 120.7 s with the projections interpreted, 112.7 s with the
+#: operators interpreted too. The end-to-end demo pipeline: 280 s compiled, 222 s with the
+#: projections interpreted. Tests on the real datasets (marked ``real_data``) run compiled: UCI
+#: ingest + refine took 158 s with the projections interpreted against 87 s. Not a default of
+#: crm-mining itself: at 10M lines its refine step took 885 s with them against 450 s.
 CODEGEN_MODE = "spark.sql.codegen.factoryMode"
-SMALL_DATA_CONF = {CODEGEN_MODE: "NO_CODEGEN"}
+WHOLE_STAGE = "spark.sql.codegen.wholeStage"
+SMALL_DATA_CONF = {CODEGEN_MODE: "NO_CODEGEN", WHOLE_STAGE: "false"}
+#: Spark's defaults for the same settings, in force during a ``real_data`` test.
+COMPILED_CONF = {CODEGEN_MODE: "FALLBACK", WHOLE_STAGE: "true"}
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running (real data or end-to-end); runs in make test too")
     config.addinivalue_line("markers", "real_data: works on a public dataset of ../shared/data; Spark "
-                                       "compiles its projections meanwhile (see CODEGEN_MODE)")
+                                       "compiles its code meanwhile (see SMALL_DATA_CONF)")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -72,17 +77,19 @@ def spark():
 
 
 @pytest.fixture(autouse=True)
-def _compiled_projections_for_real_data(request):
-    """Spark's own code generation for the duration of a ``real_data`` test."""
+def _compiled_code_for_real_data(request):
+    """Spark's own compiled code for the duration of a ``real_data`` test."""
     if request.node.get_closest_marker("real_data") is None:
         yield
         return
     session = request.getfixturevalue("spark")
-    session.conf.set(CODEGEN_MODE, "FALLBACK")
+    for key, value in COMPILED_CONF.items():
+        session.conf.set(key, value)
     try:
         yield
     finally:
-        session.conf.set(CODEGEN_MODE, SMALL_DATA_CONF[CODEGEN_MODE])
+        for key, value in SMALL_DATA_CONF.items():
+            session.conf.set(key, value)
 
 
 @pytest.fixture
