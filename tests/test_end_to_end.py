@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import reduce
 from pathlib import Path
 from typing import Callable
@@ -274,34 +275,48 @@ def _wait_for(proc: subprocess.Popen, log: Path, marker: str, *, since: int = 0,
                  lambda: f"'{marker}' in {log}: {log.read_text(errors='replace')[-3000:]}", timeout=timeout)
 
 
-def _files(root: Path) -> set[tuple[str, int]]:
-    """Every file under ``root`` but Delta's logs and the run bookkeeping table (data files and
+def _files(roots: list[Path]) -> set[tuple[str, int]]:
+    """Every file under ``roots`` but Delta's logs and the run bookkeeping table (data files and
     report files), with its modification time: a rewritten report file counts as written."""
     found = set()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d not in ("_delta_log", "ops_pipeline_runs")]
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            try:
-                found.add((path, os.stat(path).st_mtime_ns))
-            except FileNotFoundError:  # removed while listed
-                pass
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if d not in ("_delta_log", "ops_pipeline_runs")]
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                try:
+                    found.add((path, os.stat(path).st_mtime_ns))
+                except FileNotFoundError:  # removed while listed
+                    pass
     return found
 
 
-def _kill_at_first_write(proc: subprocess.Popen, log: Path, step: str, where: Path, *, since: int) -> bool:
+def _kill_at_first_write(proc: subprocess.Popen, log: Path, step: str, where: list[Path], *, since: int) -> bool:
     """SIGKILL the driver and its JVM the moment ``step``, once started, has written its first
     file under ``where``: the step is then in the middle of its writes (a table's data files
     are on disk, its commit usually still to come). False if the process ended first."""
     if not _wait_for(proc, log, f"[{step}] started", since=since):
         return False
     before = _files(where)
-    if not _poll(proc, lambda: bool(_files(where) - before), lambda: f"a file written by [{step}] under {where}",
-                 interval=0.05):
+    if not _poll(proc, lambda: bool(_files(where) - before),
+                 lambda: f"a file written by [{step}] under {[str(w) for w in where]}", interval=0.05):
         return False
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     return True
+
+
+def _note_kill(log: Path, step: str, killed: bool) -> None:
+    with log.open("a") as fh:
+        fh.write(f"\n{time.strftime('%H:%M:%S')} --- killed in the writes of '{step}': {killed}\n")
+
+
+def _step_outputs(lake: Lake) -> dict[str, list[str]]:
+    """The tables each step wrote in the lake's first run, from its rows in ``ops_pipeline_runs``."""
+    ops = lake.read("ops_pipeline_runs")
+    first = ops.orderBy("started_at").select("run_id").first()["run_id"]
+    return {r["step"]: sorted(r["output_versions"] or {})
+            for r in ops.filter(F.col("run_id") == first).select("step", "output_versions").collect()}
 
 
 def _history_is_whole(lake: Lake, table: str) -> bool:
@@ -318,10 +333,8 @@ def _kill_in_writes_then_finish(workdir: Path, data: Path, step: str, *, killed_
     log = workdir / "run.log"
     seen = len(log.read_text(errors="replace")) if log.exists() else 0
     proc = _run_cli(workdir, data, *killed_args)
-    where = workdir / ("reports" if step == "report" else "lake")
-    killed = _kill_at_first_write(proc, log, step, where, since=seen)
-    with log.open("a") as fh:
-        fh.write(f"\n{time.strftime('%H:%M:%S')} --- killed in the writes of '{step}': {killed}\n")
+    killed = _kill_at_first_write(proc, log, step, [workdir / "lake"], since=seen)
+    _note_kill(log, step, killed)
     assert main(["run", *_settings(workdir, data), *finish_args]) == 0, step
     return killed
 
@@ -365,9 +378,10 @@ def test_every_step_run_again_and_killed_leaves_the_tables_of_the_clean_run(spar
 
     Ingest and refine run again in this process (the committed files add nothing). For each
     later step a process of its own runs it (``--steps``) and is killed the moment the step
-    writes its first file (a table's data files, or a report file); then the same command runs
-    in this process (warm, no JVM to start). With the same inputs, as-of date and seed, every
-    contract table must hash as it did after the first run, with no gap in its Delta history.
+    writes its first file into one of its own tables (or a report file); then the same command
+    runs in this process (warm, no JVM to start), while the next step's process starts. With the
+    same inputs, as-of date and seed, every contract table must hash as it did after the first
+    run, with no gap in its Delta history.
     """
     from crm_mining.cli import main
 
@@ -377,9 +391,33 @@ def test_every_step_run_again_and_killed_leaves_the_tables_of_the_clean_run(spar
     monkeypatch.delenv("CRM_PII_KEY", raising=False)  # the demo key, as in the submitted run
     assert main(["run", *_settings(submitted, demo_data), "--steps", ",".join(FIRST_RUN_STEPS)]) == 0
     assert _table_digests(lake, tables) == before
-    killed = [step for step in RERUN_STEPS
-              if _kill_in_writes_then_finish(submitted, demo_data, step, killed_args=["--steps", step],
-                                             finish_args=["--steps", step])]
+    outputs = _step_outputs(lake)
+    log = submitted / "run.log"
+
+    started: list[subprocess.Popen] = []
+
+    def launch(pool: ThreadPoolExecutor, step: str) -> Future:
+        """A process running ``step``, watched in ``pool`` and killed at its first own file."""
+        seen = len(log.read_text(errors="replace"))
+        where = [submitted / "reports"] if step == "report" else [Path(lake.path(t)) for t in outputs[step]]
+        started.append(_run_cli(submitted, demo_data, "--steps", step))
+        return pool.submit(_kill_at_first_write, started[-1], log, step, where, since=seen)
+
+    killed = []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        try:
+            pending = launch(pool, RERUN_STEPS[0])
+            for index, step in enumerate(RERUN_STEPS):
+                landed = pending.result()
+                _note_kill(log, step, landed)
+                killed += [step] if landed else []
+                if index + 1 < len(RERUN_STEPS):  # its JVM starts while this process finishes `step`
+                    pending = launch(pool, RERUN_STEPS[index + 1])
+                assert main(["run", *_settings(submitted, demo_data), "--steps", step]) == 0, step
+        finally:  # a failed finish leaves no process behind
+            for proc in started:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
     assert killed == RERUN_STEPS, f"steps that ended before their first write could be interrupted: " \
                                   f"{[s for s in RERUN_STEPS if s not in killed]}"
     after = _table_digests(lake, tables)
