@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -104,10 +105,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_writable(config)  # before the demo data is generated: nothing is written on a bad setting
     prepare_demo(config)
     check_before_spark(config, steps)
+    from . import tracking
     from .pipeline import run_pipeline
     from .session import get_spark
 
-    spark = get_spark(config.get("spark"))
+    # MLflow's imports and its store get ready while the JVM starts: each takes seconds.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-setup") as pool:
+        tracking_ready = pool.submit(tracking.setup, config)
+        spark = get_spark(config.get("spark"))
+        tracking_ready.result()
     run_id = run_pipeline(spark, config, steps=steps, resume=args.resume)
     print_where(config, run_id)
     return 0
