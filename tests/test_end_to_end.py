@@ -2,10 +2,10 @@
 tables by name in a new session, and no raw identifiers in any output.
 
 One small demo is generated once per module; the reference run goes through ``spark-submit
-jobs/run_pipeline.py`` (the way data engineers submit it). A first run on a new lake is killed
-with SIGKILL in the writes of ingest and of refine and resumed; on the reference lake every
-later step is run again, killed in its writes and run once more; either way the tables must
-hold the rows of the uninterrupted run.
+jobs/run_pipeline.py`` (the way data engineers submit it). Meanwhile a first run on a new lake is
+killed with SIGKILL in the writes of ingest and of refine and resumed; on the reference lake
+every later step is run again, killed in its writes and run once more; either way the tables
+must hold the rows of the uninterrupted run.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import reduce
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 from pyspark.sql import DataFrame
@@ -51,6 +51,8 @@ CONTRACT_TABLES = [
     "gold_association_rules", "gold_cross_sell_recommendations", "gold_churn_scores", "ops_pipeline_runs",
 ]
 STEPS = ["ingest", "refine", "customer360", "value", "segment", "basket", "churn", "report"]
+#: Steps killed on a new lake (a first run, resumed) and on the finished demo lake (reruns).
+FIRST_RUN_STEPS, RERUN_STEPS = STEPS[:2], STEPS[2:]
 #: Columns that legitimately differ between two runs of the same inputs.
 RUN_COLUMNS = {"run_id", "_ingested_at", "model_version"}
 
@@ -91,8 +93,9 @@ def demo_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def submitted(tmp_path_factory, demo_data) -> Path:
-    """The demo run through spark-submit; returns its working directory."""
+def submission(tmp_path_factory, demo_data) -> Iterator[tuple[Path, subprocess.Popen]]:
+    """The demo run through spark-submit, started in the background (the first test's killed
+    runs go on meanwhile); its working directory and process."""
     import pyspark
 
     workdir = tmp_path_factory.mktemp("submitted")
@@ -107,11 +110,24 @@ def submitted(tmp_path_factory, demo_data) -> Path:
            "--driver-java-options", "-Xss32m -Duser.timezone=UTC -XX:+UseParallelGC",
            "--conf", "spark.sql.session.timeZone=UTC",
            str(REPO / "jobs" / "run_pipeline.py"), *_settings(workdir, demo_data)]
-    log = workdir / "run.log"
-    with log.open("w") as out:
-        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=_env(), cwd=workdir,
-                              timeout=1800).returncode
-    assert code == 0, log.read_text()[-5000:]
+    with (workdir / "run.log").open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=_env(), cwd=workdir,
+                                start_new_session=True)
+    yield workdir, proc
+    if proc.poll() is None:  # a test failed before waiting for it
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def submitted(submission) -> Path:
+    """The demo run through spark-submit, finished; returns its working directory."""
+    workdir, proc = submission
+    try:
+        code = proc.wait(timeout=1800)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    assert code == 0, (workdir / "run.log").read_text()[-5000:]
     return workdir
 
 
@@ -129,6 +145,36 @@ def _table_digests(lake: Lake, names: list[str]) -> dict[str, tuple[int, str]]:
     found = {r["table"]: (int(r["rows"]), str(r["total"]))
              for r in union.groupBy("table").agg(F.count("*").alias("rows"), F.sum("h").alias("total")).collect()}
     return {name: found.get(name, (0, "None")) for name in names}
+
+
+def test_first_run_killed_in_ingest_and_in_refine_resumes_to_the_same_tables(spark, submission, demo_data,
+                                                                               tmp_path, monkeypatch, request):
+    """A first run on a new lake, SIGKILLed in the writes of ingest, then of refine: the same rows.
+
+    One process runs the pipeline and is killed the moment ingest writes its first data file;
+    this process finishes ingest (``--resume --steps ingest``: the killed run recorded nothing,
+    so that starts the run afresh). A second process resumes that run, which goes on with
+    refine and is killed in refine's writes; this process finishes refine under the same run id.
+    Bronze, silver and quarantine then hash equal to the uninterrupted reference run's. The
+    first test of the module: its runs go on while the reference run goes through spark-submit.
+    """
+    monkeypatch.delenv("CRM_PII_KEY", raising=False)  # the demo key, as in the killed runs
+    killed = [step for index, step in enumerate(FIRST_RUN_STEPS)
+              if _kill_in_writes_then_finish(tmp_path, demo_data, step, killed_args=["--resume"] if index else [],
+                                             finish_args=["--resume", "--steps", step])]
+    assert killed == FIRST_RUN_STEPS, f"steps that ended before their first write could be interrupted: " \
+                                      f"{[s for s in FIRST_RUN_STEPS if s not in killed]}"
+    submitted = request.getfixturevalue("submitted")
+    reference = Lake(spark, root=str(submitted / "lake"), database="crm_reference")
+    resumed = Lake(spark, root=str(tmp_path / "lake"), database="crm_resumed")
+    tables = [t for t in CONTRACT_TABLES if t.startswith(("bronze_", "silver_", "quarantine_"))]
+    resumed_digests, reference_digests = _table_digests(resumed, tables), _table_digests(reference, tables)
+    assert [t for t in tables if resumed_digests[t] != reference_digests[t]] == []
+    ops = resumed.read("ops_pipeline_runs")
+    assert ops.select("run_id").distinct().count() == 1  # one run, resumed, not several
+    assert sorted(r["step"] for r in ops.filter("status = 'succeeded'").collect()) == sorted(FIRST_RUN_STEPS)
+    broken = [t for t in resumed.tables() if not _history_is_whole(resumed, t)]
+    assert not broken, f"Delta history with gaps: {broken}"
 
 
 def test_spark_submit_runs_the_demo_and_prints_where_outputs_are(submitted):
@@ -342,38 +388,6 @@ def _kill_in_writes_then_finish(workdir: Path, data: Path, step: str, *, killed_
     return killed
 
 
-#: Steps killed on a new lake (a first run, resumed) and on the finished demo lake (reruns).
-FIRST_RUN_STEPS, RERUN_STEPS = STEPS[:2], STEPS[2:]
-
-
-def test_first_run_killed_in_ingest_and_in_refine_resumes_to_the_same_tables(spark, submitted, demo_data,
-                                                                               tmp_path, monkeypatch):
-    """A first run on a new lake, SIGKILLed in the writes of ingest, then of refine: the same rows.
-
-    One process runs the pipeline and is killed the moment ingest writes its first data file;
-    this process finishes ingest (``--resume --steps ingest``: the killed run recorded nothing,
-    so that starts the run afresh). A second process resumes that run, which goes on with
-    refine and is killed in refine's writes; this process finishes refine under the same run id.
-    Bronze, silver and quarantine then hash equal to the uninterrupted reference run's.
-    """
-    monkeypatch.delenv("CRM_PII_KEY", raising=False)  # the demo key, as in the killed runs
-    killed = [step for index, step in enumerate(FIRST_RUN_STEPS)
-              if _kill_in_writes_then_finish(tmp_path, demo_data, step, killed_args=["--resume"] if index else [],
-                                             finish_args=["--resume", "--steps", step])]
-    assert killed == FIRST_RUN_STEPS, f"steps that ended before their first write could be interrupted: " \
-                                      f"{[s for s in FIRST_RUN_STEPS if s not in killed]}"
-    reference = Lake(spark, root=str(submitted / "lake"), database="crm_reference")
-    resumed = Lake(spark, root=str(tmp_path / "lake"), database="crm_resumed")
-    tables = [t for t in CONTRACT_TABLES if t.startswith(("bronze_", "silver_", "quarantine_"))]
-    resumed_digests, reference_digests = _table_digests(resumed, tables), _table_digests(reference, tables)
-    assert [t for t in tables if resumed_digests[t] != reference_digests[t]] == []
-    ops = resumed.read("ops_pipeline_runs")
-    assert ops.select("run_id").distinct().count() == 1  # one run, resumed, not several
-    assert sorted(r["step"] for r in ops.filter("status = 'succeeded'").collect()) == sorted(FIRST_RUN_STEPS)
-    broken = [t for t in resumed.tables() if not _history_is_whole(resumed, t)]
-    assert not broken, f"Delta history with gaps: {broken}"
-
-
 def test_every_step_run_again_and_killed_leaves_the_tables_of_the_clean_run(spark, submitted, demo_data,
                                                                            monkeypatch):
     """On the finished demo lake every step runs a second time, each from customer360 to report
@@ -382,9 +396,10 @@ def test_every_step_run_again_and_killed_leaves_the_tables_of_the_clean_run(spar
     Ingest and refine run again in this process (the committed files add nothing). For each
     later step a process of its own runs it (``--steps``) and is killed the moment the step
     writes its first file into one of its own tables (or a report file); then the same command
-    runs in this process (warm, no JVM to start), while the next step's process starts. With the
-    same inputs, as-of date and seed, every contract table must hash as it did after the first
-    run, with no gap in its Delta history.
+    runs in this process (warm, no JVM to start). Each step's process starts while this process
+    runs the step before it (ingest and refine, for customer360). With the same inputs, as-of
+    date and seed, every contract table must hash as it did after the first run, with no gap in
+    its Delta history.
     """
     from crm_mining.cli import main
 
@@ -392,11 +407,8 @@ def test_every_step_run_again_and_killed_leaves_the_tables_of_the_clean_run(spar
     tables = [t for t in CONTRACT_TABLES if t != "ops_pipeline_runs"]
     before = _table_digests(lake, tables)
     monkeypatch.delenv("CRM_PII_KEY", raising=False)  # the demo key, as in the submitted run
-    assert main(["run", *_settings(submitted, demo_data), "--steps", ",".join(FIRST_RUN_STEPS)]) == 0
-    assert _table_digests(lake, tables) == before
     outputs = _step_outputs(lake)
     log = submitted / "run.log"
-
     started: list[subprocess.Popen] = []
 
     def launch(pool: ThreadPoolExecutor, step: str) -> Future:
@@ -409,15 +421,18 @@ def test_every_step_run_again_and_killed_leaves_the_tables_of_the_clean_run(spar
     killed = []
     with ThreadPoolExecutor(max_workers=1) as pool:
         try:
+            # each step's process starts while this process runs the step before it
             pending = launch(pool, RERUN_STEPS[0])
+            assert main(["run", *_settings(submitted, demo_data), "--steps", ",".join(FIRST_RUN_STEPS)]) == 0
+            assert _table_digests(lake, tables) == before
             for index, step in enumerate(RERUN_STEPS):
                 landed = pending.result()
                 _note_kill(log, step, landed)
                 killed += [step] if landed else []
-                if index + 1 < len(RERUN_STEPS):  # its JVM starts while this process finishes `step`
+                if index + 1 < len(RERUN_STEPS):
                     pending = launch(pool, RERUN_STEPS[index + 1])
                 assert main(["run", *_settings(submitted, demo_data), "--steps", step]) == 0, step
-        finally:  # a failed finish leaves no process behind
+        finally:  # a failed run leaves no process behind
             for proc in started:
                 if proc.poll() is None:
                     os.killpg(proc.pid, signal.SIGKILL)
