@@ -33,9 +33,9 @@ AS_OF = "2011-12-10"
 CUSTOMERS = 150
 DELTA = "io.delta:delta-spark_4.2_2.13:4.4.0"
 
-# 14 to 18 minutes on 2 cores: the reference run, eight killed runs (each step then finished in
-# this process) and two concurrent runs of one step (one in this process). CRM_E2E=0 skips it
-# (for a quick local run of the other slow tests).
+# 7 to 10 minutes on 2 cores: the reference run, eight killed runs (each step then finished in
+# this process, most of them while the next killed run starts) and two concurrent runs of one
+# step (one in this process). CRM_E2E=0 skips it (for a quick local run of the other slow tests).
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(os.environ.get("CRM_E2E") == "0", reason="end-to-end suite switched off (CRM_E2E=0)"),
